@@ -68,6 +68,7 @@ class EditRecord:
     format: str = "evqa"
     index: int = 0
     image_root: str = field(default="", compare=False)
+    source: str = field(default="", compare=False)  # the JSON file the record was read from
 
     def image_path(self, relative: str) -> Path:
         """Absolute path of one of this record's image fields (``image``, ``image_rephrase``,
