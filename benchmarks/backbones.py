@@ -1,0 +1,146 @@
+"""Throughput of the tiny backbone twins: forward and teacher-forced scoring (samples/s).
+
+For each architecture (random-init twins with the default sizes: LM d=128, 8 layers, 48 px
+images, N_v=9) and batch size 1, 8, 32, times on one prebuilt batch of world-like examples
+(an image, a question prompt, a 1-3 word target; every 4th example text-only, like T-Loc):
+
+- ``build_inputs``: tokenisation, layout and image preprocessing;
+- ``forward``: logits under ``torch.no_grad()``;
+- ``score``: forward + teacher-forced scoring of the target tokens.
+
+Usage: ``python benchmarks/backbones.py [--out FILE] [--min-time 1.0] [--batches 1 8 32]
+[--threads N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from liveedit.backbones import build_twin  # noqa: E402
+from liveedit.backbones.twins import TWIN_ARCHS  # noqa: E402
+
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
+SHAPES = ["circle", "square", "triangle", "star"]
+PLACES = ["top", "middle", "bottom", "left", "right", "centre"]
+WORDS = [
+    *COLOURS,
+    *SHAPES,
+    *PLACES,
+    *"what colour is the shape in the ? The answer is : how many objects are there".split(),
+    *"nq question : who wrote book a small big one two three".split(),
+]
+
+
+def examples(n: int, seed: int = 0) -> tuple[list, list[str], list[str]]:
+    g = torch.Generator().manual_seed(seed)
+    images, prompts, targets = [], [], []
+    for i in range(n):
+        pick = lambda xs: xs[int(torch.randint(len(xs), (1,), generator=g))]  # noqa: E731
+        if i % 4 == 3:
+            images.append(None)
+            prompts.append("nq question : who wrote the small book ?")
+            targets.append(f"{pick(COLOURS)} {pick(SHAPES)}")
+        else:
+            pixels = torch.randint(0, 256, (48, 48, 3), generator=g, dtype=torch.uint8)
+            images.append(Image.fromarray(pixels.numpy(), "RGB"))
+            prompts.append(
+                f"what colour is the {pick(SHAPES)} in the {pick(PLACES)} ? The answer is :"
+            )
+            targets.append(" ".join(pick(COLOURS) for _ in range(1 + i % 3)))
+    return images, prompts, targets
+
+
+def rate(fn: Callable[[], object], batch: int, min_time: float) -> float:
+    """Samples per second of ``fn`` (one batch per call): batch / median call time over at least
+    ``min_time`` seconds and 5 calls, after two warm-up calls. The median keeps the figure stable
+    on a machine shared with other jobs."""
+    fn()
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 5 or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return batch / statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--archs", nargs="+", default=list(TWIN_ARCHS))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's). On a shared 2-core machine use 1: with 2 "
+        "threads, a job holding the other core made every forward ~50x slower (OpenMP barriers)",
+    )
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    results = []
+    print(f"{'arch':<10} {'batch':>5} {'seq':>4} {'build_inputs/s':>15} {'forward/s':>10} ", end="")
+    print(f"{'score/s':>9}")
+    for arch in args.archs:
+        twin = build_twin(arch, WORDS, seed=0)
+        for batch_size in args.batches:
+            images, prompts, targets = examples(batch_size)
+            batch = twin.build_inputs(images, prompts, targets)
+            with torch.no_grad():
+                row = {
+                    "arch": arch,
+                    "batch": batch_size,
+                    "seq_len": batch.seq_len,
+                    "build_inputs_samples_per_s": rate(
+                        lambda m=twin, i=images, p=prompts, t=targets: m.build_inputs(i, p, t),
+                        batch_size,
+                        args.min_time,
+                    ),
+                    "forward_samples_per_s": rate(
+                        lambda m=twin, b=batch: m.forward(b), batch_size, args.min_time
+                    ),
+                    "score_samples_per_s": rate(
+                        lambda m=twin, b=batch: m.score(b), batch_size, args.min_time
+                    ),
+                }
+            results.append(row)
+            print(
+                f"{arch:<10} {batch_size:>5} {batch.seq_len:>4} "
+                f"{row['build_inputs_samples_per_s']:>15.0f} {row['forward_samples_per_s']:>10.0f} "
+                f"{row['score_samples_per_s']:>9.0f}"
+            )
+    report = {
+        "benchmark": "backbones",
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "settings": {"min_time_s": args.min_time, "twin": "defaults (d=128, 8 layers, N_v=9)"},
+        "results": results,
+    }
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
