@@ -52,6 +52,64 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# backbones
+
+
+def cmd_backbone_pretrain(args: argparse.Namespace) -> int:
+    from liveedit.backbones.pretrain import PretrainConfig, ensure_twin, pretrain
+    from liveedit.config import load_config
+
+    overrides = list(args.overrides)
+    for key in ("arch", "world", "out"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    config = load_config(PretrainConfig, args.config, overrides)
+    result = pretrain(config) if args.no_cache else ensure_twin(config)
+    source = "reused from the cache" if result.cached else f"pretrained in {result.seconds:.0f} s"
+    print(f"{config.arch} twin -> {result.out} ({source}, {result.steps} steps)")
+    for group, value in sorted(result.accuracy.items()):
+        if not group.startswith("task/"):
+            print(f"  held-out token accuracy {group:10s} {100 * value:6.2f}")
+    print(f"  targets reached: {'yes' if result.reached else 'no'}")
+    return EXIT_OK
+
+
+def cmd_backbone_info(args: argparse.Namespace) -> int:
+    from liveedit.backbones import describe, load_backbone
+
+    info = describe(load_backbone(args.directory))
+    meta = info.pop("metadata", {}) or {}
+    for key, value in info.items():
+        print(f"{key:18s} {value}")
+    pre = meta.get("pretraining")
+    if pre:
+        print(f"{'pretraining':18s} {pre.get('steps')} steps, {pre.get('seconds')} s")
+        for group, value in sorted(pre.get("accuracy", {}).items()):
+            if not group.startswith("task/"):
+                print(f"  {group:16s} {100 * value:6.2f}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# editor
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from liveedit.config import load_config
+    from liveedit.editors.liveedit.trainer import TrainConfig, train
+
+    config = load_config(TrainConfig, args.config, list(args.overrides))
+    result = train(config)
+    print(
+        f"LiveEdit meta-training: {result.steps} steps ({result.stopped}), best loss "
+        f"{result.best_loss:.4f} at step {result.best_step}, {result.seconds:.0f} s -> "
+        f"{result.out / 'best'}"
+    )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
 # parser
 
 
@@ -106,19 +164,56 @@ def build_parser() -> argparse.ArgumentParser:
         help="count malformed records as skipped instead of failing",
     )
     check.set_defaults(func=cmd_data_check)
+
+    backbone = sub.add_parser("backbone", help="VLLM backbones: pretrain tiny twins, inspect")
+    backbone_sub = backbone.add_subparsers(dest="backbone_command", metavar="ACTION", required=True)
+    pre = backbone_sub.add_parser(
+        "pretrain",
+        help="pretrain a tiny twin (blip2-opt, llava-1.5, minigpt4) on a world's corpus",
+        description="Build a tiny twin of a real architecture and pretrain it on the world's "
+        "corpus (vision tower first, then the whole model) until the held-out accuracy targets "
+        "are met or max_minutes pass; saved with save_pretrained + tokenizer + processor. "
+        "Twins are cached by a key of the config and the world ($LIVEEDIT_CACHE or "
+        ".cache/liveedit); a second call with the same inputs copies the cached twin.",
+    )
+    pre.add_argument("--arch", choices=("blip2-opt", "llava-1.5", "minigpt4"))
+    pre.add_argument("--world", type=Path, help="a world built by `liveedit world build`")
+    pre.add_argument("--out", type=Path, help="output directory of the twin")
+    pre.add_argument("--config", type=Path, help="a YAML PretrainConfig file")
+    pre.add_argument("--no-cache", action="store_true", help="always pretrain, skip the cache")
+    pre.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_overrides_help())
+    pre.set_defaults(func=cmd_backbone_pretrain)
+    info = backbone_sub.add_parser(
+        "info",
+        help="architecture, d, N_v, layers, parameters and pretraining accuracy of a backbone",
+    )
+    info.add_argument("directory", type=Path, help="a from_pretrained backbone directory")
+    info.set_defaults(func=cmd_backbone_info)
+
+    train = sub.add_parser(
+        "train",
+        help="meta-train LiveEdit on one world family and one backbone",
+        description="Meta-train the LiveEdit editor (expert generator, feature extractors, "
+        "vision sentinel) over a frozen backbone; checkpoints and resumes from OUT, keeps the "
+        "best weights in OUT/best, logs every loss component to MLflow.",
+    )
+    train.add_argument("--config", type=Path, help="a YAML TrainConfig file")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_overrides_help())
+    train.set_defaults(func=cmd_train)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 a reported error, 2 a usage error)."""
-    from liveedit.config import ConfigError
-    from liveedit.data.records import DataError
+    # ConfigError, DataError, BackboneError and RepositoryMismatch are ValueErrors whose messages
+    # name the file / key / field at fault: report them without a traceback.
+    errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError, FileExistsError) as exc:
+    except errors as exc:
         print(f"liveedit {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
 

@@ -7,7 +7,8 @@ dotted key and the allowed values. :func:`save_config` writes the resolved confi
 run's outputs, so every run can be repeated from what it saved.
 
 Supported field types: ``str``, ``int``, ``float``, ``bool``, ``pathlib.Path``,
-``typing.Literal[...]``, ``X | None``, ``list[X]`` / ``tuple[X, ...]`` and nested dataclasses.
+``typing.Literal[...]``, ``X | None``, ``list[X]`` / ``tuple[X, ...]``, ``dict[str, X]`` and nested
+dataclasses.
 Numeric bounds go in field metadata: ``field(default=4, metadata={"min": 1})``.
 """
 
@@ -162,7 +163,11 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
         return None
     validate = getattr(obj, "validate", None)
     if callable(validate):
-        for problem in validate() or ():
+        try:
+            found = validate() or ()
+        except (TypeError, ValueError) as exc:
+            found = [str(exc)]
+        for problem in found:
             problems.append(f"{prefix}{problem}")
     return obj
 
@@ -193,6 +198,19 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str], meta: Mapping =
         return None
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key + ".", problems)
+    if origin in (dict, Mapping, typing.Mapping):
+        if isinstance(value, _RawString):
+            value = yaml.safe_load(value)
+        if not isinstance(value, Mapping):
+            problems.append(f"{key}: expected a mapping, got {value!r}")
+            return None
+        key_type, value_type = args if args else (str, Any)
+        return {
+            _convert(key_type, k, f"{key}.{k}", problems): _convert(
+                value_type, v, f"{key}.{k}", problems, meta
+            )
+            for k, v in value.items()
+        }
     if origin in (list, tuple, Sequence, typing.Sequence):
         items = value
         if isinstance(value, _RawString):

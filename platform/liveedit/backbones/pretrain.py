@@ -1,0 +1,441 @@
+"""Pretraining a tiny twin on the synthetic world (``liveedit backbone pretrain``).
+
+Real VLLMs are not trained end to end from scratch, and neither are the twins (STACK-NOTES: the
+vision side learns slowly through the LM). Two stages, as in BLIP-2 / LLaVA:
+
+1. **Vision tower.** The ViT learns the world's visual vocabulary directly: on freshly sampled,
+   jittered scenes, a linear probe on each patch token (one patch per grid cell — the twins use
+   16-px patches on the world's 16-px cells) predicts that cell's shape, colour and size. The probe
+   reads the features the bridge consumes (LLaVA: the penultimate ViT layer). The probe is thrown
+   away afterwards.
+2. **Whole model.** The bridge (Q-Former / projector) and the LM learn the pretraining corpus
+   (VQA answers, captions, knowledge facts, text facts) by teacher forcing on the target tokens,
+   the vision tower continuing at a smaller learning rate.
+
+Held-out, teacher-forced token accuracy per task group is measured every ``eval_every`` steps and
+the run stops as soon as every group reaches its target (or at ``max_minutes``). The saved
+directory holds the HF model, tokenizer and processor plus ``liveedit_backbone.json`` with the
+accuracies; an MLflow run holds the loss curve and the accuracies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from liveedit.config import config_hash, flatten, save_config
+from liveedit.tracking import Tracker, TrackingConfig
+
+from .base import Backbone
+from .twins import TwinSpec, build_twin
+
+TASK_GROUPS = {
+    "vqa_colour": "vqa",
+    "vqa_shape": "vqa",
+    "vqa_count": "vqa",
+    "vqa_position": "vqa",
+    "caption": "caption",
+    "knowledge_name": "knowledge",
+    "knowledge_fact": "knowledge",
+    "knowledge_hop": "knowledge",
+    "text_fact": "text_fact",
+}
+"""Corpus task -> the group whose held-out accuracy has a target."""
+
+DEFAULT_TARGETS = {"vqa": 0.95, "text_fact": 0.95, "caption": 0.85, "knowledge": 0.85}
+
+
+@dataclass
+class VisionStage:
+    """Stage 1: per-cell attribute probes on the vision tower."""
+
+    steps: int = field(default=600, metadata={"min": 0})
+    batch_size: int = field(default=64, metadata={"min": 1})
+    lr: float = field(default=2e-3, metadata={"min": 0.0})
+
+
+@dataclass
+class LanguageStage:
+    """Stage 2: the whole model on the pretraining corpus."""
+
+    steps: int = field(default=20000, metadata={"min": 1})
+    batch_size: int = field(default=32, metadata={"min": 1})
+    lr: float = field(default=1e-3, metadata={"min": 0.0})
+    vision_lr_scale: float = field(default=0.1, metadata={"min": 0.0})
+    warmup: int = field(default=200, metadata={"min": 0})
+    weight_decay: float = field(default=0.01, metadata={"min": 0.0})
+
+
+@dataclass
+class PretrainConfig:
+    """A twin pretraining run; the cache key covers everything but ``out``, ``cache`` and
+    ``tracking`` (plus the world's manifest)."""
+
+    world: Path = Path("runs/demo/world")
+    arch: Literal["blip2-opt", "llava-1.5", "minigpt4"] = "llava-1.5"
+    out: Path = Path("runs/demo/backbone")
+    seed: int = field(default=0, metadata={"min": 0})
+    twin: TwinSpec = field(default_factory=TwinSpec)
+    vision: VisionStage = field(default_factory=VisionStage)
+    language: LanguageStage = field(default_factory=LanguageStage)
+    targets: dict[str, float] | None = None
+    """Accuracy targets per task group (default :data:`DEFAULT_TARGETS`)."""
+    eval_every: int = field(default=500, metadata={"min": 1})
+    eval_examples: int = field(default=1200, metadata={"min": 1})
+    max_minutes: float = field(default=30.0, metadata={"min": 0.0})
+    threads: int = field(default=0, metadata={"min": 0})
+    tracking: TrackingConfig = field(
+        default_factory=lambda: TrackingConfig(experiment="liveedit-backbones")
+    )
+
+
+@dataclass
+class PretrainResult:
+    out: Path
+    accuracy: dict[str, float]
+    reached: bool
+    steps: int
+    seconds: float
+    curve: list[dict[str, float]]
+    cached: bool = False
+
+
+# ---------------------------------------------------------------------- stage 1: vision
+
+
+def _patch_features(backbone: Backbone, pixel_values: torch.Tensor) -> torch.Tensor:
+    """``[n, cells, d_v]``: the patch tokens of the vision layer the bridge reads."""
+    tower = backbone.vision_tower
+    out = tower(pixel_values=pixel_values, output_hidden_states=True)
+    layer = getattr(backbone.model.config, "vision_feature_layer", -1)
+    if isinstance(layer, list):
+        layer = layer[-1]
+    states = out.hidden_states[layer]
+    return states[:, 1:]  # drop CLS; patches row-major = grid cells
+
+
+def vision_stage(backbone: Backbone, stage: VisionStage, seed: int) -> list[dict[str, float]]:
+    """Train the vision tower with per-cell shape / colour / size probes on sampled scenes."""
+    from liveedit.progress import progress_bar
+    from liveedit.world.render import render, sample_jitter
+    from liveedit.world.scene import sample_scene
+    from liveedit.world.vocabulary import COLOURS, GRID, SHAPES, SIZES
+
+    if stage.steps == 0:
+        return []
+    cells = GRID * GRID
+    width = backbone.vision_tower.config.hidden_size
+    heads = nn.ModuleDict(
+        {
+            "shape": nn.Linear(width, len(SHAPES) + 1),
+            "colour": nn.Linear(width, len(COLOURS) + 1),
+            "size": nn.Linear(width, len(SIZES) + 1),
+        }
+    )
+    backbone.unfreeze(backbone.vision_tower)
+    backbone.vision_tower.train()
+    params = [*backbone.vision_tower.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=stage.lr)
+    rng = random.Random(seed)
+    curve = []
+    bar = progress_bar("vision stage", total=stage.steps)
+    for step in range(stage.steps):
+        images, labels = [], {k: [] for k in heads}
+        for _ in range(stage.batch_size):
+            scene = sample_scene(rng, rng.randint(1, 4))
+            images.append(render(scene, sample_jitter(rng, scene) if rng.random() < 0.7 else None))
+            by_cell = {o.cell: o for o in scene.objects}
+            for key, names in (("shape", SHAPES), ("colour", COLOURS), ("size", SIZES)):
+                labels[key].append(
+                    [
+                        names.index(getattr(by_cell[c], key)) + 1 if c in by_cell else 0
+                        for c in range(cells)
+                    ]
+                )
+        feats = _patch_features(backbone, backbone.pixel_values(images).to(backbone.device))
+        loss = torch.zeros((), device=feats.device)
+        accs = {}
+        for key, head in heads.items():
+            target = torch.tensor(labels[key], device=feats.device)
+            logits = head(feats)
+            loss = loss + nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
+            accs[key] = float((logits.argmax(-1) == target).float().mean())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        curve.append(
+            {"step": step, "vision_loss": float(loss), **{f"probe_{k}": v for k, v in accs.items()}}
+        )
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.2f}" for k, v in accs.items()}, refresh=False)
+    bar.close()
+    backbone.freeze()
+    return curve
+
+
+# ---------------------------------------------------------------------- stage 2: corpus
+
+
+@dataclass
+class _Example:
+    image: str | None
+    prompt: str
+    target: str
+    task: str
+
+
+def _read_corpus(path: Path) -> list[_Example]:
+    examples = []
+    with path.open() as f:
+        for line in f:
+            d = json.loads(line)
+            examples.append(_Example(d["image"], d["prompt"], d["target"], d["task"]))
+    return examples
+
+
+class _ImageCache:
+    """Decoded corpus images, each read from disk once."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.images: dict[str, object] = {}
+
+    def get(self, rel: str | None) -> object | None:
+        if rel is None:
+            return None
+        if rel not in self.images:
+            from PIL import Image
+
+            with Image.open(self.root / rel) as img:
+                self.images[rel] = img.convert("RGB")
+        return self.images[rel]
+
+
+def _stratified(examples: list[_Example], limit: int, seed: int) -> list[_Example]:
+    """At most ``limit`` held-out examples, the same share of every task."""
+    by_task: dict[str, list[_Example]] = defaultdict(list)
+    for ex in examples:
+        by_task[ex.task].append(ex)
+    rng = random.Random(seed)
+    per_task = max(1, limit // max(1, len(by_task)))
+    chosen = []
+    for task in sorted(by_task):
+        items = list(by_task[task])
+        rng.shuffle(items)
+        chosen.extend(items[:per_task])
+    return chosen
+
+
+@torch.no_grad()
+def evaluate_corpus(
+    backbone: Backbone, examples: list[_Example], images: _ImageCache, batch_size: int = 64
+) -> dict[str, float]:
+    """Held-out teacher-forced token accuracy on true answers, per task and per task group."""
+    per_task: dict[str, list[float]] = defaultdict(list)
+    was_training = backbone.model.training
+    backbone.model.eval()
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        batch = backbone.build_inputs(
+            [images.get(e.image) for e in chunk],
+            [e.prompt for e in chunk],
+            [e.target for e in chunk],
+        )
+        acc = backbone.score(batch).token_accuracy.tolist()
+        for ex, a in zip(chunk, acc, strict=True):
+            per_task[ex.task].append(a)
+    backbone.model.train(was_training)
+    result = {f"task/{t}": sum(v) / len(v) for t, v in sorted(per_task.items())}
+    groups: dict[str, list[float]] = defaultdict(list)
+    for task, values in per_task.items():
+        groups[TASK_GROUPS.get(task, task)].extend(values)
+    result.update({g: sum(v) / len(v) for g, v in sorted(groups.items())})
+    return result
+
+
+def _reached(accuracy: dict[str, float], targets: dict[str, float]) -> bool:
+    return all(accuracy.get(group, 0.0) >= value for group, value in targets.items())
+
+
+# ---------------------------------------------------------------------- the run
+
+
+def cache_key(config: PretrainConfig) -> str:
+    """Hash of the pretraining config (without out / tracking) and the world's manifest."""
+    manifest = (Path(config.world) / "world.json").read_bytes()
+    world = hashlib.sha256(manifest).hexdigest()[:16]
+    return f"{config.arch}-{config_hash(_keyed(config))}-{world}"
+
+
+def _keyed(config: PretrainConfig) -> PretrainConfig:
+    from dataclasses import replace
+
+    return replace(config, out=Path("."), tracking=TrackingConfig(), world=Path("."), threads=0)
+
+
+def pretrain(config: PretrainConfig) -> PretrainResult:
+    """Build the twin, run both stages, save it to ``config.out`` with its accuracies."""
+    from liveedit.progress import progress_bar
+    from liveedit.world.build import load_world
+
+    start = time.monotonic()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    targets = dict(config.targets or DEFAULT_TARGETS)
+    world = load_world(config.world, check_images=False)
+    train = _read_corpus(world.corpus_path("train"))
+    heldout = _stratified(_read_corpus(world.corpus_path("heldout")), config.eval_examples, 0)
+    images = _ImageCache(world.image_root)
+
+    from dataclasses import asdict
+
+    backbone = build_twin(config.arch, world.vocabulary, seed=config.seed, **asdict(config.twin))
+    tracker = Tracker(config.tracking, run_name=f"pretrain-{config.arch}")
+    tracker.log_params(flatten(config))
+    curve: list[dict[str, float]] = []
+
+    # stage 1
+    for row in vision_stage(backbone, config.vision, config.seed):
+        tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, row["step"])
+        curve.append(row)
+    vision_steps = config.vision.steps
+
+    # stage 2
+    stage = config.language
+    backbone.unfreeze()
+    backbone.model.train()
+    vision_params = {id(p) for p in backbone.vision_tower.parameters()}
+    groups = [
+        {"params": [p for p in backbone.model.parameters() if id(p) not in vision_params]},
+        {
+            "params": [p for p in backbone.model.parameters() if id(p) in vision_params],
+            "lr": stage.lr * stage.vision_lr_scale,
+        },
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=stage.lr, weight_decay=stage.weight_decay)
+    base_lrs = [g.get("lr", stage.lr) for g in optimizer.param_groups]
+    rng = random.Random(config.seed)
+    order: list[int] = []
+    accuracy: dict[str, float] = {}
+    reached, step = False, 0
+    bar = progress_bar("pretrain", total=stage.steps)
+    try:
+        for step in range(stage.steps):
+            warm = min(1.0, (step + 1) / max(1, stage.warmup))
+            for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = lr * warm
+            if len(order) < stage.batch_size:
+                order.extend(rng.sample(range(len(train)), len(train)))
+            chunk = [train[order.pop()] for _ in range(stage.batch_size)]
+            batch = backbone.build_inputs(
+                [images.get(e.image) for e in chunk],
+                [e.prompt for e in chunk],
+                [e.target for e in chunk],
+            )
+            scores = backbone.score(batch)
+            loss = -(scores.logprobs.sum() / scores.mask.sum())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(backbone.model.parameters(), 1.0)
+            optimizer.step()
+            row = {"step": vision_steps + step, "loss": float(loss)}
+            curve.append(row)
+            tracker.log_metrics({"loss": row["loss"]}, row["step"])
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
+            out_of_time = time.monotonic() - start > 60 * config.max_minutes
+            if (step + 1) % config.eval_every == 0 or out_of_time or step + 1 == stage.steps:
+                accuracy = evaluate_corpus(backbone, heldout, images)
+                tracker.log_metrics({f"heldout/{k}": v for k, v in accuracy.items()}, row["step"])
+                curve.append(
+                    {"step": row["step"], **{f"heldout/{k}": v for k, v in accuracy.items()}}
+                )
+                bar.write(
+                    f"step {step + 1}: "
+                    + ", ".join(f"{g} {accuracy.get(g, math.nan):.3f}" for g in targets)
+                )
+                if _reached(accuracy, targets):
+                    reached = True
+                    break
+            if out_of_time:
+                break
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    finally:
+        bar.close()
+    backbone.freeze()
+    seconds = time.monotonic() - start
+    metadata = {
+        "pretraining": {
+            "world": str(Path(config.world).resolve()),
+            "world_seed": world.manifest.get("seed"),
+            "steps": vision_steps + step + 1,
+            "seconds": round(seconds, 1),
+            "reached_targets": reached,
+            "targets": targets,
+            "accuracy": {k: round(v, 4) for k, v in accuracy.items()},
+            "cache_key": cache_key(config),
+        }
+    }
+    out = Path(config.out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    backbone.save_pretrained(tmp, metadata=metadata)
+    (tmp / "pretrain_curve.json").write_text(json.dumps(curve))
+    save_config(config, tmp, "pretrain_config.yaml")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    tracker.log_artifact(out / "pretrain_curve.json")
+    tracker.log_metrics(
+        {"seconds": seconds, "reached_targets": float(reached)}, vision_steps + step
+    )
+    tracker.finish()
+    return PretrainResult(out, accuracy, reached, vision_steps + step + 1, seconds, curve)
+
+
+def cache_root() -> Path:
+    """Where pretrained twins are cached: ``$LIVEEDIT_CACHE`` or ``.cache/liveedit`` in the
+    working directory."""
+    return Path(os.environ.get("LIVEEDIT_CACHE", Path.cwd() / ".cache" / "liveedit")) / "twins"
+
+
+def ensure_twin(config: PretrainConfig) -> PretrainResult:
+    """The pretrained twin for ``config``: reused from the cache when one with the same key
+    (config + world manifest) exists, pretrained and cached otherwise. ``config.out`` is then a
+    copy of the cached directory."""
+    cached = cache_root() / cache_key(config)
+    if not (cached / "config.json").is_file():
+        from dataclasses import replace
+
+        result = pretrain(replace(config, out=cached))
+    else:
+        info = json.loads((cached / "liveedit_backbone.json").read_text())["metadata"]
+        meta = info["pretraining"]
+        result = PretrainResult(
+            cached,
+            meta["accuracy"],
+            meta["reached_targets"],
+            meta["steps"],
+            meta["seconds"],
+            [],
+            True,
+        )
+    out = Path(config.out)
+    if out.resolve() != cached.resolve():
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(cached, out)
+        result.out = out
+    return result
