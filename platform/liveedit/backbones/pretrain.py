@@ -55,6 +55,36 @@ TASK_GROUPS = {
 """Corpus task -> the group whose held-out accuracy has a target."""
 
 DEFAULT_TARGETS = {"vqa": 0.95, "text_fact": 0.95, "caption": 0.85, "knowledge": 0.85}
+DEFAULT_GROUP_WEIGHTS = {"vqa": 0.3, "caption": 0.15, "knowledge": 0.4, "text_fact": 0.15}
+
+
+class GroupSampler:
+    """Draws corpus indices: a task group by its weight, then the next example of that group's
+    shuffled pass (a new shuffle when a pass ends). Deterministic for a seed."""
+
+    def __init__(self, tasks: list[str], weights: dict[str, float], seed: int):
+        self.rng = random.Random(seed)
+        members: dict[str, list[int]] = defaultdict(list)
+        for i, task in enumerate(tasks):
+            members[TASK_GROUPS.get(task, task)].append(i)
+        unknown = sorted(set(weights) - set(members))
+        if unknown:
+            raise ValueError(f"language.group_weights: no corpus task in group(s) {unknown}")
+        self.groups = [g for g in sorted(members) if weights.get(g, 0.0) > 0]
+        if not self.groups:
+            raise ValueError("language.group_weights: every group has weight 0")
+        self.weights = [weights[g] for g in self.groups]
+        self.members = {g: members[g] for g in self.groups}
+        self.queues: dict[str, list[int]] = {g: [] for g in self.groups}
+
+    def draw(self, n: int) -> list[int]:
+        out = []
+        for group in self.rng.choices(self.groups, weights=self.weights, k=n):
+            queue = self.queues[group]
+            if not queue:
+                queue.extend(self.rng.sample(self.members[group], len(self.members[group])))
+            out.append(queue.pop())
+        return out
 
 
 @dataclass
@@ -76,6 +106,10 @@ class LanguageStage:
     vision_lr_scale: float = field(default=0.1, metadata={"min": 0.0})
     warmup: int = field(default=200, metadata={"min": 0})
     weight_decay: float = field(default=0.01, metadata={"min": 0.0})
+    group_weights: dict[str, float] | None = None
+    """Sampling share of each task group (default :data:`DEFAULT_GROUP_WEIGHTS`); within a group,
+    examples are drawn in shuffled passes. Balancing matters: the corpus holds few text facts
+    (each must be seen many times to be recalled) and many scene questions."""
 
 
 @dataclass
@@ -326,8 +360,9 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     ]
     optimizer = torch.optim.AdamW(groups, lr=stage.lr, weight_decay=stage.weight_decay)
     base_lrs = [g.get("lr", stage.lr) for g in optimizer.param_groups]
-    rng = random.Random(config.seed)
-    order: list[int] = []
+    sampler = GroupSampler(
+        [e.task for e in train], stage.group_weights or DEFAULT_GROUP_WEIGHTS, config.seed
+    )
     accuracy: dict[str, float] = {}
     reached, step = False, 0
     bar = progress_bar("pretrain", total=stage.steps)
@@ -336,9 +371,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
             warm = min(1.0, (step + 1) / max(1, stage.warmup))
             for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = lr * warm
-            if len(order) < stage.batch_size:
-                order.extend(rng.sample(range(len(train)), len(train)))
-            chunk = [train[order.pop()] for _ in range(stage.batch_size)]
+            chunk = [train[i] for i in sampler.draw(stage.batch_size)]
             batch = backbone.build_inputs(
                 [images.get(e.image) for e in chunk],
                 [e.prompt for e in chunk],

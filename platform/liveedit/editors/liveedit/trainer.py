@@ -51,6 +51,8 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, metadata={"min": 1})
     patience: int = field(default=0, metadata={"min": 0})
     """Early stop after this many checkpoints without a better loss (0: never)."""
+    min_delta: float = field(default=1e-4, metadata={"min": 0.0})
+    """A checkpoint's mean loss is better only if it beats the best by this much."""
     max_minutes: float = field(default=0.0, metadata={"min": 0.0})
     """Stop (with a checkpoint) after this much wall time (0: no limit)."""
     seed: int = field(default=0, metadata={"min": 0})
@@ -231,7 +233,7 @@ def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
             ):
                 mean = sum(window) / len(window)
                 window = []
-                if mean < state["best_loss"]:
+                if mean < state["best_loss"] - config.min_delta:
                     state.update(best_loss=mean, best_step=state["step"], stale=0)
                     save_editor_weights(modules, out / BEST)
                 else:
