@@ -210,7 +210,7 @@ def vision_stage(backbone: Backbone, stage: VisionStage, seed: int) -> list[dict
         loss.backward()
         optimizer.step()
         curve.append(
-            {"step": step, "vision_loss": float(loss), **{f"probe_{k}": v for k, v in accs.items()}}
+            {"step": step, "vision_loss": loss.item(), **{f"probe_{k}": v for k, v in accs.items()}}
         )
         bar.update(1)
         bar.set_postfix({k: f"{v:.2f}" for k, v in accs.items()}, refresh=False)
@@ -383,7 +383,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(backbone.model.parameters(), 1.0)
             optimizer.step()
-            row = {"step": vision_steps + step, "loss": float(loss)}
+            row = {"step": vision_steps + step, "loss": loss.item()}
             curve.append(row)
             tracker.log_metrics({"loss": row["loss"]}, row["step"])
             bar.update(1)
