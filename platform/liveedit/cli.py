@@ -110,6 +110,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# evaluation and tracking
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from liveedit.evaluation.grid import load_eval_config, run_eval
+
+    overrides = list(args.overrides)
+    if args.tracking_uri:
+        overrides.append(f"tracking.uri={args.tracking_uri}")
+    if args.no_tracking:
+        overrides.append("tracking.enabled=false")
+    result = run_eval(load_eval_config(args.config, overrides))
+    print(result.summary())
+    return EXIT_OK
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from liveedit.tracking import resolve_uri, ui_command
+
+    print(f"MLflow UI for {resolve_uri(args.tracking_uri or '')} on http://{args.host}:{args.port}")
+    return subprocess.call(ui_command(args.tracking_uri or "", args.host, args.port))
+
+
+# --------------------------------------------------------------------------------------------
 # parser
 
 
@@ -200,6 +226,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="a YAML TrainConfig file")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_overrides_help())
     train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="the lifelong benchmark: (backbone, dataset, editor, #edits, seed) grid -> Table 1",
+        description="Run the lifelong editing protocol over a grid of cells (backbones x "
+        "datasets x editors x #edits x seeds). Finished cells are cached under OUT/cells and "
+        "skipped on a re-run; the Table-1-shaped table is written as markdown, CSV and LaTeX, "
+        "and everything is tracked in MLflow (one parent run per grid, a child run per cell).",
+    )
+    evaluate.add_argument("--config", type=Path, help="a YAML EvalConfig file")
+    evaluate.add_argument("--tracking-uri", help="MLflow tracking URI (default: ./mlflow.db)")
+    evaluate.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_overrides_help())
+    evaluate.set_defaults(func=cmd_eval)
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 over the tracking store")
+    ui.add_argument("--tracking-uri", help="MLflow tracking URI (default: ./mlflow.db)")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
     return parser
 
 

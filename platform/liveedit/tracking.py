@@ -37,6 +37,20 @@ def _artifact_location(uri: str) -> str | None:
     return None
 
 
+def ui_command(uri: str = "", host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The argv of ``liveedit ui``: the MLflow UI over the same store the runs use (see
+    :func:`resolve_uri`), bound to ``host`` (loopback by default). For the default SQLite store,
+    runs created from the UI put their artifacts next to the database (``mlruns``), as ours do."""
+    import sys
+
+    uri = resolve_uri(uri)
+    argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    location = _artifact_location(uri)
+    if location is not None:
+        argv += ["--default-artifact-root", location]
+    return argv + ["--host", host, "--port", str(port)]
+
+
 class Tracker:
     """One MLflow run: params once, metrics per step (buffered), artifacts. ``run_id`` can be
     given to re-attach to a run after a resume. A disabled tracker records nothing."""
