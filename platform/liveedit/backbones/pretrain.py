@@ -94,6 +94,10 @@ class VisionStage:
     steps: int = field(default=600, metadata={"min": 0})
     batch_size: int = field(default=64, metadata={"min": 1})
     lr: float = field(default=2e-3, metadata={"min": 0.0})
+    probe: Literal["tower", "bridge"] = "tower"
+    """Where the per-cell probes read: the ViT patch tokens the bridge consumes (``tower``), or
+    the LM-space vision tokens after the bridge (``bridge``; needs one token per cell, as the
+    LLaVA twin has), which trains the projector too."""
 
 
 @dataclass
@@ -170,7 +174,17 @@ def vision_stage(backbone: Backbone, stage: VisionStage, seed: int) -> list[dict
     if stage.steps == 0:
         return []
     cells = GRID * GRID
-    width = backbone.vision_tower.config.hidden_size
+    if stage.probe == "bridge":
+        if backbone.num_vision_tokens != cells:
+            raise ValueError(
+                f"vision.probe: 'bridge' needs one vision token per cell ({cells}); "
+                f"{backbone.arch} has {backbone.num_vision_tokens}"
+            )
+        width = backbone.hidden_size
+        trained = [backbone.vision_tower, backbone.bridge]
+    else:
+        width = backbone.vision_tower.config.hidden_size
+        trained = [backbone.vision_tower]
     heads = nn.ModuleDict(
         {
             "shape": nn.Linear(width, len(SHAPES) + 1),
@@ -178,9 +192,11 @@ def vision_stage(backbone: Backbone, stage: VisionStage, seed: int) -> list[dict
             "size": nn.Linear(width, len(SIZES) + 1),
         }
     )
-    backbone.unfreeze(backbone.vision_tower)
-    backbone.vision_tower.train()
-    params = [*backbone.vision_tower.parameters(), *heads.parameters()]
+    params = [*heads.parameters()]
+    for module in trained:
+        backbone.unfreeze(module)
+        module.train()
+        params.extend(module.parameters())
     optimizer = torch.optim.AdamW(params, lr=stage.lr)
     rng = random.Random(seed)
     curve = []
@@ -198,7 +214,11 @@ def vision_stage(backbone: Backbone, stage: VisionStage, seed: int) -> list[dict
                         for c in range(cells)
                     ]
                 )
-        feats = _patch_features(backbone, backbone.pixel_values(images).to(backbone.device))
+        pixels = backbone.pixel_values(images).to(backbone.device)
+        if stage.probe == "bridge":
+            feats = backbone.image_features(pixels)
+        else:
+            feats = _patch_features(backbone, pixels)
         loss = torch.zeros((), device=feats.device)
         accs = {}
         for key, head in heads.items():
@@ -398,6 +418,11 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
                 bar.write(
                     f"step {step + 1}: "
                     + ", ".join(f"{g} {accuracy.get(g, math.nan):.3f}" for g in targets)
+                    + "  ("
+                    + ", ".join(
+                        f"{k[5:]} {v:.2f}" for k, v in accuracy.items() if k.startswith("task/")
+                    )
+                    + ")"
                 )
                 if _reached(accuracy, targets):
                     reached = True
