@@ -51,6 +51,22 @@ def ui_command(uri: str = "", host: str = "127.0.0.1", port: int = 5000) -> list
     return argv + ["--host", host, "--port", str(port)]
 
 
+def _connect(client_cls: Any, uri: str, attempts: int = 5) -> Any:
+    """An MLflow client whose store is ready. Two processes creating the same new SQLite store
+    at once race in MLflow's schema migration (one fails); the loser retries once the winner has
+    migrated the database."""
+    for attempt in range(attempts):
+        try:
+            client = client_cls(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+            return client
+        except Exception:  # noqa: BLE001 - MLflow raises alembic / sqlalchemy errors here
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
+
+
 class Tracker:
     """One MLflow run: params once, metrics per step (buffered), artifacts. ``run_id`` can be
     given to re-attach to a run after a resume. A disabled tracker records nothing."""
@@ -73,7 +89,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         uri = resolve_uri(config.uri)
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = _connect(MlflowClient, uri)
         experiment = self.client.get_experiment_by_name(config.experiment)
         if experiment is None:
             experiment_id = self.client.create_experiment(
