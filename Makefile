@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## demo: build the embedded synthetic world (small size) and print its summary
+## demo: world -> tiny twin (cached) -> LiveEdit meta-training -> lifelong table, tracked in MLflow
 demo: install
-	$(VENV)/bin/liveedit world build --out $(DEMO_DIR)/world --size small --seed 0
+	$(VENV)/bin/liveedit demo out=$(DEMO_DIR)
 
 ## test: lint, format check and the test suite (what CI runs)
 test: install

@@ -126,6 +126,47 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from liveedit.sweeps.spec import check_inputs, describe_points, load_spec, spec_hash
+
+    overrides = list(args.overrides)
+    if args.address:
+        overrides.append(f"cluster.address={args.address}")
+    if args.tracking_uri:
+        overrides.append(f"tracking.uri={args.tracking_uri}")
+    spec = load_spec(args.spec, overrides, tiny=args.tiny)
+    if args.dry_run:
+        print(f"sweep {spec.name} (spec hash {spec_hash(spec)}): {spec.description}".rstrip(": "))
+        print("\n".join(describe_points(spec)))
+        problems = check_inputs(spec)
+        for problem in problems:
+            print(f"  problem: {problem}")
+        return EXIT_ERROR if problems else EXIT_OK
+    from liveedit.distributed import import_trainables
+
+    import_trainables()
+    from trainables.sweep import run_sweep
+
+    result = run_sweep(spec, show_progress=not args.quiet)
+    print(result.summary())
+    return EXIT_OK if result.counts.get("completed") else EXIT_ERROR
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from liveedit.sweeps.report import collect, write_report
+    from liveedit.tracking import resolve_uri
+
+    uri = resolve_uri(args.tracking_uri or "")
+    record = collect(uri, args.experiment, args.run_id)
+    out = args.out or Path("runs") / "reports" / args.experiment
+    files = write_report(record, out)
+    done = len(record.completed())
+    print(f"sweep {record.name} (run {record.run_id}): {len(record.trials)} trials, {done} done")
+    for file in files:
+        print(f"  {file}")
+    return EXIT_OK
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -135,8 +176,32 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return subprocess.call(ui_command(args.tracking_uri or "", args.host, args.port))
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from liveedit.config import load_config
+    from liveedit.demo import DemoConfig, run_demo
+
+    run_demo(load_config(DemoConfig, args.config, list(args.overrides)))
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------------------------
 # parser
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """A subcommand parser whose options and ``KEY=VALUE`` positionals may come in any order
+    (``liveedit sweep SPEC --tiny base.train.steps=4``)."""
+
+    _intermixed = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._intermixed:  # parse_known_intermixed_args calls back into this method
+            return super().parse_known_args(args, namespace)
+        self._intermixed = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,6 +305,63 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_overrides_help())
     evaluate.set_defaults(func=cmd_eval)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="a Ray Tune sweep (Optuna / grid, ASHA) of meta-training + lifelong evaluation",
+        description="Run the sweep of a spec (sweeps/*.yaml): each trial meta-trains LiveEdit "
+        "(reporting its loss at every checkpoint, so ASHA can stop it) and evaluates the "
+        "editor with the lifelong protocol; the objective is the five-metric average (or one "
+        "metric) at the spec's #edits. Tune state goes to <storage>/<name>: re-running the same "
+        "command resumes the sweep. MLflow: a parent run per sweep, a child run per trial, the "
+        "paper's figures / tables as artifacts (see `liveedit report`).",
+    )
+    sweep.__class__ = _IntermixedParser  # options and overrides in any order
+    sweep.add_argument("spec", type=Path, help="a sweep spec, e.g. sweeps/fig3_dm_r.yaml")
+    sweep.add_argument(
+        "--tiny", action="store_true", help="apply the spec's tiny: block (a 2-core variant)"
+    )
+    sweep.add_argument(
+        "--address",
+        help="Ray cluster (auto, HOST:6379, ray://HOST:10001; default $RAY_ADDRESS or local)",
+    )
+    sweep.add_argument("--tracking-uri", help="MLflow tracking URI (default: ./mlflow.db)")
+    sweep.add_argument(
+        "--dry-run", action="store_true", help="validate, list the trials and check the inputs"
+    )
+    sweep.add_argument("--quiet", action="store_true", help="no Tune progress output")
+    sweep.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides of the spec, e.g. base.train.steps=200 num_samples=20 "
+        "search.train.editor.d_m.grid=[32,64]",
+    )
+    sweep.set_defaults(func=cmd_sweep)
+
+    report = sub.add_parser(
+        "report",
+        help="rebuild a sweep's figures and tables from MLflow",
+        description="Read a sweep's parent run and its trial runs from MLflow and write the "
+        "paper-shaped report: Fig. 3's d_m x r grid, Figs. 4/5's metric curves, Tables 1/2 "
+        "(markdown, CSV, LaTeX), the trials table and the objective per trial.",
+    )
+    report.add_argument("--experiment", required=True, help="the MLflow experiment (the sweep)")
+    report.add_argument("--run-id", help="a sweep's parent run (default: the latest sweep)")
+    report.add_argument("--tracking-uri", help="MLflow tracking URI (default: ./mlflow.db)")
+    report.add_argument("--out", type=Path, help="output folder (default runs/reports/NAME)")
+    report.set_defaults(func=cmd_report)
+
+    demo = sub.add_parser(
+        "demo",
+        help="the whole product on the embedded default: world, twin, LiveEdit, lifelong table",
+        description="Build the synthetic world, pretrain (or reuse) a tiny twin, meta-train "
+        "LiveEdit and run the lifelong table (N/A, FT-L, FT-M, LiveEdit at 1/10/100/1000 edits), "
+        "tracked in MLflow. Every step reuses finished work in OUT (default runs/demo).",
+    )
+    demo.add_argument("--config", type=Path, help="a YAML DemoConfig file")
+    demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_overrides_help())
+    demo.set_defaults(func=cmd_demo)
 
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 over the tracking store")
     ui.add_argument("--tracking-uri", help="MLflow tracking URI (default: ./mlflow.db)")
