@@ -18,6 +18,7 @@ def progress(
     return iter(tqdm(iterable, desc=desc, total=total, unit=unit, delay=1.0, dynamic_ncols=True))
 
 
-def progress_bar(desc: str, total: int | None = None, unit: str = "it") -> tqdm:
-    """A manually updated bar (``bar.update(n)``, ``bar.set_postfix(...)``) with the same rule."""
-    return tqdm(desc=desc, total=total, unit=unit, delay=1.0, dynamic_ncols=True)
+def progress_bar(desc: str, total: int | None = None, unit: str = "it", show: bool = True) -> tqdm:
+    """A manually updated bar (``bar.update(n)``, ``bar.set_postfix(...)``) with the same rule;
+    ``show=False`` keeps the same interface silent."""
+    return tqdm(desc=desc, total=total, unit=unit, delay=1.0, dynamic_ncols=True, disable=not show)

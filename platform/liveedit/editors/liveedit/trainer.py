@@ -199,7 +199,7 @@ def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
     history: list[dict[str, float]] = []
     window: list[float] = []
     stopped, last = "steps", math.nan
-    bar = progress_bar("meta-train", total=config.steps)
+    bar = progress_bar("meta-train", total=config.steps, show=show_progress)
     bar.update(state["step"])
     modules.train()
     try:
