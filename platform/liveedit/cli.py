@@ -95,8 +95,51 @@ def cmd_backbone_info(args: argparse.Namespace) -> int:
 # editor
 
 
+def _ray_flags(args: argparse.Namespace, pool: str, flags: dict[str, str]) -> list[str]:
+    """Overrides of the ``distributed`` section from the Ray flags; a Ray flag without
+    ``--{pool} N`` (N >= 1) is an error."""
+    count = getattr(args, pool)
+    if count < 0:
+        raise ValueError(f"--{pool} {count}: must be >= 0")
+    overrides = [f"distributed.{pool}={count}"] if count else []
+    for flag, key in flags.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if not getattr(args, pool):
+            raise ValueError(f"--{flag.replace('_', '-')} needs --{pool} N (N >= 1)")
+        overrides.append(f"distributed.{key}={value}")
+    return overrides
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from liveedit.config import load_config
+
+    ray_overrides = _ray_flags(
+        args,
+        "workers",
+        {
+            "gpus_per_worker": "gpus_per_worker",
+            "zero_stage": "zero_stage",
+            "address": "cluster.address",
+        },
+    )
+    if args.workers:
+        from liveedit.distributed import DistributedTrainConfig, import_trainables
+
+        config = load_config(DistributedTrainConfig, args.config, [*args.overrides, *ray_overrides])
+        import_trainables()
+        from trainables.meta_train import run_meta_training
+
+        result = run_meta_training(config)
+        print(
+            f"LiveEdit meta-training on Ray Train ({config.distributed.workers} workers, "
+            f"DeepSpeed ZeRO-{config.distributed.zero_stage}): {result.steps} steps "
+            f"({result.stopped}), best loss {result.best_loss:.4f} at step {result.best_step}, "
+            f"{result.seconds:.0f} s -> {result.out / 'best'}"
+        )
+        return EXIT_OK
+
     from liveedit.editors.liveedit.trainer import TrainConfig, train
 
     config = load_config(TrainConfig, args.config, list(args.overrides))
@@ -121,6 +164,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         overrides.append(f"tracking.uri={args.tracking_uri}")
     if args.no_tracking:
         overrides.append("tracking.enabled=false")
+    ray_overrides = _ray_flags(
+        args,
+        "actors",
+        {"gpus_per_actor": "gpus_per_actor", "address": "cluster.address"},
+    )
+    if args.actors:
+        from liveedit.config import load_config
+        from liveedit.distributed import DistributedEvalConfig, import_trainables
+
+        config = load_config(DistributedEvalConfig, args.config, [*overrides, *ray_overrides])
+        import_trainables()
+        from trainables.eval_actors import run_eval_actors
+
+        print(run_eval_actors(config).summary())
+        return EXIT_OK
     result = run_eval(load_eval_config(args.config, overrides))
     print(result.summary())
     return EXIT_OK
@@ -289,6 +347,23 @@ def build_parser() -> argparse.ArgumentParser:
         "best weights in OUT/best, logs every loss component to MLflow.",
     )
     train.add_argument("--config", type=Path, help="a YAML TrainConfig file")
+    ray_train = train.add_argument_group(
+        "Ray Train + DeepSpeed",
+        "--workers N >= 1 runs the same training step on N Ray Train workers with DeepSpeed "
+        "ZeRO (config section `distributed`, trainables/README.md); checkpoints and resume "
+        "through Ray Train under OUT/ray, the best weights exported to OUT/best.",
+    )
+    ray_train.add_argument(
+        "--workers", type=int, default=0, help="Ray Train workers (default 0: single process)"
+    )
+    ray_train.add_argument("--gpus-per-worker", type=int, help="GPUs per worker (default 0: CPU)")
+    ray_train.add_argument(
+        "--zero-stage", type=int, help="DeepSpeed ZeRO stage 0, 1 or 2 (default 2)"
+    )
+    ray_train.add_argument(
+        "--address",
+        help="a running Ray cluster (default: $RAY_ADDRESS, else a new local instance)",
+    )
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_overrides_help())
     train.set_defaults(func=cmd_train)
 
@@ -303,6 +378,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", type=Path, help="a YAML EvalConfig file")
     evaluate.add_argument("--tracking-uri", help="MLflow tracking URI (default: ./mlflow.db)")
     evaluate.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    ray_eval = evaluate.add_argument_group(
+        "Ray actors",
+        "--actors N >= 1 evaluates the cells on N Ray actors, each holding one backbone replica "
+        "(config section `distributed`, trainables/README.md); same cache, table and MLflow runs.",
+    )
+    ray_eval.add_argument(
+        "--actors", type=int, default=0, help="evaluation actors (default 0: single process)"
+    )
+    ray_eval.add_argument(
+        "--gpus-per-actor", type=float, help="GPUs per actor, fractional allowed (default 0)"
+    )
+    ray_eval.add_argument(
+        "--address",
+        help="a running Ray cluster (default: $RAY_ADDRESS, else a new local instance)",
+    )
     evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_overrides_help())
     evaluate.set_defaults(func=cmd_eval)
 

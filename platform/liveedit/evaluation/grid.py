@@ -13,14 +13,16 @@ tracked in MLflow (DESIGN §2.5, §3).
   ``liveedit_backbone.json`` and the weight files' sizes and mtimes), the editor (resolved
   options; the content of LiveEdit's weight files) and the protocol version. A re-run evaluates
   only the cells that are not cached; the device is not part of the key.
-- :func:`run_eval` loads each backbone once and evaluates its pending cells in one process,
+- :func:`run_eval` loads each backbone once and evaluates its pending cells in one process, or
+  hands them to a :data:`CellRunner` (``liveedit eval --actors N`` shards them over Ray actors,
+  ``trainables/eval_actors.py``); either way every cell is cached and tracked as it finishes. It
   writes the Table 1-shaped table (``table.md``, ``table.csv``, ``table.tex``), one plot per
   backbone and dataset (``plots/*.png``) and paired t-tests (``significance.csv``), and logs to
   MLflow: one experiment per study, a parent run per grid (full config as params, per-T metrics
   ``<backbone>/<dataset>/<editor>/<metric>`` at step T, tables and plots as artifacts) and one
   child run per cell (the cell's config as params, the five metrics and their average). A re-run
   of the same configuration in the same ``out`` re-attaches to its parent run
-  (``<out>/tracking.json``) and logs only the cells it has not logged yet.
+  (``<out>/tracking.json``; :func:`grid_identity`) and logs only the cells it has not logged yet.
 
 Records: ``max_records`` keeps the first N records of the file (before any shuffle), so every
 seed and editor sees the same records and per-record values pair up for t-tests.
@@ -32,8 +34,8 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -430,6 +432,15 @@ def _metric_name(*parts: str) -> str:
     return "/".join(re.sub(r"[^A-Za-z0-9_.\- ]+", "_", p) for p in parts)
 
 
+def grid_identity(config: EvalConfig) -> EvalConfig:
+    """The :class:`EvalConfig` fields of ``config``: what identifies a grid's MLflow parent run.
+    Sections a subclass adds (how the cells are run, e.g. on Ray actors) do not change it, so a
+    grid re-attaches to the same parent whatever evaluates its cells."""
+    if type(config) is EvalConfig:
+        return config
+    return EvalConfig(**{f.name: getattr(config, f.name) for f in fields(EvalConfig)})
+
+
 class GridTracking:
     """The MLflow side of a grid: a parent run (re-attached on a re-run of the same
     configuration in the same ``out``) and one child run per cell."""
@@ -445,6 +456,7 @@ class GridTracking:
         uri = resolve_uri(config.tracking.uri)
         self.tracking = TrackingConfig(uri=uri, experiment=config.experiment, enabled=True)
         self.state_path = out / TRACKING_STATE
+        config = grid_identity(config)
         chash = config_hash(config)
         state: dict[str, Any] = {}
         if self.state_path.is_file():
@@ -643,12 +655,49 @@ def _reference_editor(config: EvalConfig) -> str | None:
     return config.editors[-1]
 
 
-def run_eval(config: EvalConfig, *, show_progress: bool | None = None) -> GridResult:
-    """Run (or resume) the grid of ``config``; see the module docstring."""
-    import torch
+CellSink = Callable[[CellResult], None]
+"""Receives each finished cell (the grid caches it, tracks it and keeps it for the table)."""
 
-    from liveedit.backbones.base import load_backbone
-    from liveedit.progress import progress
+CellRunner = Callable[["Sequence[tuple[Cell, str]]", "dict[str, list[EditRecord]]", CellSink], None]
+"""Evaluates the pending ``(cell, key)`` pairs of a grid (``records``: each dataset's capped
+records, by dataset name) and hands every result to the sink as soon as it is done, in any
+order. The default runs them here, one backbone at a time; ``trainables/eval_actors.py``
+shards them over Ray actors."""
+
+
+def local_runner(config: EvalConfig, show: bool) -> CellRunner:
+    """The single-process runner: each backbone loaded once, its pending cells in grid order."""
+
+    def run(
+        todo: Sequence[tuple[Cell, str]], records: dict[str, list[EditRecord]], sink: CellSink
+    ) -> None:
+        from liveedit.backbones.base import load_backbone
+        from liveedit.progress import progress
+
+        device = _device(config.device)
+        for name, directory in config.backbones.items():
+            mine = [(c, k) for c, k in todo if c.backbone == name]
+            if not mine:
+                continue
+            backbone = load_backbone(directory).to(device)
+            loop = progress(mine, f"eval {name}", len(mine), "cell") if show else iter(mine)
+            for cell, _ in loop:
+                sink(evaluate_cell(cell, backbone, records[cell.dataset], show_progress=show))
+            del backbone
+
+    return run
+
+
+def run_eval(
+    config: EvalConfig,
+    *,
+    show_progress: bool | None = None,
+    runner: CellRunner | None = None,
+) -> GridResult:
+    """Run (or resume) the grid of ``config``; see the module docstring. ``runner`` evaluates
+    the cells that are not cached (default: :func:`local_runner`); caching, the tables and
+    MLflow are the same whatever runs the cells."""
+    import torch
 
     start = time.perf_counter()
     problems = config.validate()
@@ -680,26 +729,25 @@ def run_eval(config: EvalConfig, *, show_progress: bool | None = None) -> GridRe
                 results[key] = hit
                 cached += 1
                 tracking.log_cell(hit)
-        device = _device(config.device)
-        for name, directory in config.backbones.items():
-            todo = [
-                (c, k)
-                for c, k in zip(cells, keys, strict=True)
-                if c.backbone == name and k not in results
-            ]
-            if not todo:
-                continue
-            backbone = load_backbone(directory).to(device)
-            loop = progress(todo, f"eval {name}", len(todo), "cell") if show else iter(todo)
-            for cell, key in loop:
-                result = evaluate_cell(cell, backbone, records[cell.dataset], show_progress=show)
-                if result.key != key:  # a file changed while the grid ran
-                    raise RuntimeError(f"{cell.describe()}: inputs changed during the run")
-                write_cell(cache / f"{key}.json", result)
-                results[key] = result
-                evaluated += 1
-                tracking.log_cell(result)
-            del backbone
+        todo = [(c, k) for c, k in zip(cells, keys, strict=True) if k not in results]
+        pending = {k: c for c, k in todo}
+
+        def sink(result: CellResult) -> None:
+            nonlocal evaluated
+            if result.key in results:  # a cell delivered twice (a retried task): one row only
+                return
+            if result.key not in pending:  # a file changed while the grid ran
+                raise RuntimeError(f"{result.cell.describe()}: inputs changed during the run")
+            write_cell(cache / f"{result.key}.json", result)
+            results[result.key] = result
+            evaluated += 1
+            tracking.log_cell(result)
+
+        if todo:
+            (runner or local_runner(config, show))(todo, records, sink)
+        missing = [pending[k].describe() for k in pending if k not in results]
+        if missing:
+            raise RuntimeError(f"{len(missing)} cells were not evaluated: {', '.join(missing)}")
 
         ordered = [results[k] for k in keys]
         entries = [(c.cell.backbone, c.cell.dataset, c.cell.editor, c.result) for c in ordered]
@@ -738,6 +786,8 @@ def run_eval(config: EvalConfig, *, show_progress: bool | None = None) -> GridRe
 __all__ = [
     "Cell",
     "CellResult",
+    "CellRunner",
+    "CellSink",
     "DatasetFiles",
     "EvalConfig",
     "EvalTrackingConfig",
@@ -747,7 +797,9 @@ __all__ = [
     "cell_key",
     "evaluate_cell",
     "expand_cells",
+    "grid_identity",
     "load_cell_records",
+    "local_runner",
     "load_eval_config",
     "read_cell",
     "run_eval",

@@ -161,7 +161,7 @@ class LiveEdit(Editor):
                 return h
             if "weights" not in state:  # the prompt pass: spans index this sequence
                 state["weights"] = self.modules.route(h, batch.spans, batch.has_image, views)
-            return self.modules.apply(h, state["weights"], views)
+            return self.modules.adapt(h, state["weights"], views)
 
         with self.backbone.layer_hook(self.cfg.layer, edit):
             return self.backbone.generate(list(images), list(prompts), max_new_tokens)

@@ -88,7 +88,7 @@ class LiveEditModules(nn.Module):
             soft=not self.cfg.no_soft_routing,
         )
 
-    def apply(self, h: Tensor, weights: Tensor, views: RepositoryViews) -> Tensor:
+    def adapt(self, h: Tensor, weights: Tensor, views: RepositoryViews) -> Tensor:
         """Eq. 6 with given weights ``[B, t]``: ĥ ``[B, L, d]`` (rows without weight unchanged)."""
         if len(views) == 0:
             return h
@@ -110,7 +110,7 @@ class LiveEditModules(nn.Module):
         if len(views) == 0:
             return h
         weights = self.route(h, spans, has_image, views, hard_routing=hard_routing)
-        return self.apply(h, weights, views)
+        return self.adapt(h, weights, views)
 
     # ------------------------------------------------------------------ helpers
 

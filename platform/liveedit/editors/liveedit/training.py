@@ -120,7 +120,7 @@ def training_step(
             soft=not cfg.no_soft_routing,
         )
         stash["input"] = feats
-        return modules.apply(h, weights, views)
+        return modules.adapt(h, weights, views)
 
     with backbone.layer_hook(layer, edit):
         post_logits = backbone.forward(batch)
