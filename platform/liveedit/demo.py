@@ -43,9 +43,7 @@ class DemoConfig:
     pretrain_minutes: float = field(default=7.0, metadata={"min": 0.0})
     train_minutes: float = field(default=5.0, metadata={"min": 0.0})
     train_steps: int = field(default=1500, metadata={"min": 1})
-    editor: LiveEditConfig = field(
-        default_factory=lambda: LiveEditConfig(layer=5, lr=1e-3, expert_scale=1.0)
-    )
+    editor: LiveEditConfig = field(default_factory=lambda: LiveEditConfig(layer=5, lr=1e-3))
     editors: list[str] = field(default_factory=lambda: ["none", "ft-l", "ft-m", "liveedit"])
     edits: list[int] = field(default_factory=lambda: [1, 10, 100, 1000], metadata={"min": 1})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"min": 0})
