@@ -107,3 +107,14 @@ def test_validate_hook_of_world_config() -> None:
         from_dict(WorldConfig, {"families": ["vqa", "vqa"]})
     with pytest.raises(ConfigError, match="allowed values: 'vqa', 'caption', 'knowledge'"):
         from_dict(WorldConfig, {"families": ["vqa", "pictures"]})
+
+
+@dataclass
+class WithFactory:
+    inner: Inner = field(default_factory=lambda: Inner(d_m=7, lr=0.5))
+
+
+def test_nested_section_starts_from_the_field_default_factory() -> None:
+    assert load_config(WithFactory).inner == Inner(d_m=7, lr=0.5)
+    partial = load_config(WithFactory, None, ["inner.lr=0.25"])
+    assert partial.inner == Inner(d_m=7, lr=0.25)  # d_m keeps the factory's 7, not 128

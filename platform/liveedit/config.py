@@ -148,10 +148,18 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         key = prefix + name
-        if name in data:
+        nested = dataclasses.is_dataclass(hints[name]) and _has_default(f)
+        if nested:
+            # a nested section starts from the field's own default (its default_factory may
+            # differ from the nested class's defaults); given keys override it
+            given = data.get(name, {})
+            if not isinstance(given, Mapping):
+                problems.append(f"{key}: expected a section (mapping)")
+                continue
+            base = dataclasses.asdict(_field_default(f))
+            kwargs[name] = _build(hints[name], _merge(base, given), key + ".", problems)
+        elif name in data:
             kwargs[name] = _convert(hints[name], data[name], key, problems, f.metadata)
-        elif dataclasses.is_dataclass(hints[name]) and _has_default(f):
-            kwargs[name] = _build(hints[name], {}, key + ".", problems)
         elif not _has_default(f):
             problems.append(f"{key}: required")
     if len(problems) > before:
@@ -170,6 +178,21 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
         for problem in found:
             problems.append(f"{prefix}{problem}")
     return obj
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _merge(base: dict[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` over ``base``, recursively for sections present in both."""
+    merged = dict(base)
+    for key, value in given.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _has_default(f: dataclasses.Field) -> bool:
