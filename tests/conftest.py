@@ -38,3 +38,23 @@ def tiny_llava_dir(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("twin") / "llava"
     twin.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A private local 2-CPU Ray instance per test module. Authentication off, as in every Ray
+    test module: Ray keeps the auth mode of the first ``ray.init`` of a process, so all modules
+    must agree."""
+    ray = pytest.importorskip("ray")
+    from liveedit.distributed import import_trainables
+
+    import_trainables()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "disabled")
+        patch.setenv("OMP_NUM_THREADS", "1")
+        patch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from liveedit.config import ConfigError, load_config
-from liveedit.distributed import ActorPoolConfig, DistributedEvalConfig, import_trainables
+from liveedit.distributed import ActorPoolConfig, DistributedEvalConfig
 from liveedit.evaluation.grid import EvalConfig, EvalTrackingConfig, run_eval
 
 pytestmark = pytest.mark.slow
@@ -49,23 +49,6 @@ def grid(cls, world: Path, twin: Path, weights: Path, root: Path, out: str, **ch
     )
     values.update(changes)
     return cls(**values)
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """A private local 2-CPU instance. Authentication off, as in every Ray test module: Ray keeps
-    the auth mode of the first ``ray.init`` of a process, so all modules must agree."""
-    ray = pytest.importorskip("ray")
-    import_trainables()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_AUTH_MODE", "disabled")
-        patch.setenv("OMP_NUM_THREADS", "1")
-        patch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-        try:
-            yield ray
-        finally:
-            ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -49,23 +49,6 @@ def config(world: Path, twin: Path, out: Path, *overrides: str) -> DistributedTr
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    """A private local 2-CPU instance. Authentication off, as in every Ray test module: Ray keeps
-    the auth mode of the first ``ray.init`` of a process, so all modules must agree."""
-    ray = pytest.importorskip("ray")
-    import_trainables()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_AUTH_MODE", "disabled")
-        patch.setenv("OMP_NUM_THREADS", "1")
-        patch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-        try:
-            yield ray
-        finally:
-            ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def first_run(ray_local, tiny_world, tiny_llava_dir, tmp_path_factory):
     """4 steps on 2 workers, checkpoints every 2 steps; the last worker is killed (os._exit) when
     it reaches step 3 and FailureConfig restarts the group from the step-2 checkpoint."""
