@@ -14,6 +14,7 @@ from liveedit.editors.liveedit import (
     LiveEditConfig,
     gather_spans,
 )
+from liveedit.editors.liveedit.spans import segment_ids
 
 CFG = LiveEditConfig(d=12, n_vision=5, d_m=8, r=3, k=2, heads=2, layer=0)
 
@@ -64,6 +65,11 @@ def test_gather_spans_concatenates_in_order_and_masks() -> None:
         gather_spans(h, [[(0, 1)], [(3, 9)]])
 
 
+def test_segment_ids_follow_the_gathered_layout() -> None:
+    ranges = [[(0, 2), None, (5, 7)], [(3, 4)], [(1, 2), (2, 4), (6, 7)]]
+    assert segment_ids(ranges, 4).tolist() == [[0, 0, 2, 2], [0, 0, 0, 0], [0, 1, 1, 2]]
+
+
 def test_expert_generator_eq1() -> None:
     torch.manual_seed(2)
     gen = ExpertGenerator(CFG).double()
@@ -71,11 +77,39 @@ def test_expert_generator_eq1() -> None:
     mask = torch.ones(3, 9, dtype=torch.bool)
     mask[1, 4:] = False
     experts = gen(h, mask)
-    assert experts.U.shape == (3, 3, 12) and experts.V.shape == (3, 3, 12) and len(experts) == 3
+    assert experts.U.shape == (3, 3, 12) and experts.V.shape == (3, 3, 12)
     ref_u = cross_attention(gen.ca_u, gen.U, h, mask) @ gen.out_u.weight.T
     ref_v = cross_attention(gen.ca_v, gen.V, h, mask) @ gen.out_v.weight.T
     torch.testing.assert_close(experts.U, ref_u)
     torch.testing.assert_close(experts.V, ref_v)
+
+
+def test_expert_generator_with_segment_embedding() -> None:
+    """Option ``segment_embedding``: f_eg reads LN(h) + E[segment] instead of h."""
+    from dataclasses import replace
+
+    torch.manual_seed(4)
+    gen = ExpertGenerator(replace(CFG, segment_embedding=True)).double()
+    h = torch.randn(2, 6, 12, dtype=torch.float64)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    segments = torch.tensor([[0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 2, 0]])
+    mask[1, 5] = False
+    experts = gen(h, mask, segments)
+    norm = torch.nn.functional.layer_norm(
+        h, (12,), gen.segment_norm.weight, gen.segment_norm.bias, gen.segment_norm.eps
+    )
+    y = norm + gen.segments[segments]
+    torch.testing.assert_close(
+        experts.V, cross_attention(gen.ca_v, gen.V, y, mask) @ gen.out_v.weight.T
+    )
+    torch.testing.assert_close(
+        experts.U, cross_attention(gen.ca_u, gen.U, y, mask) @ gen.out_u.weight.T
+    )
+    # the segment changes the expert: swap prompt and answer labels
+    swapped = torch.where(segments == 1, 2, torch.where(segments == 2, 1, segments))
+    assert not torch.allclose(gen(h, mask, swapped).V, experts.V)
+    with pytest.raises(ValueError, match="segment of every token"):
+        gen(h, mask)
 
 
 def _inputs() -> tuple[torch.Tensor, ...]:

@@ -3,10 +3,9 @@
 A :class:`ray.train.torch.TorchTrainer` runs :func:`train_loop_per_worker` on N workers. Each
 worker loads the frozen backbone, builds the library's
 :class:`~liveedit.editors.liveedit.modules.LiveEditModules` and hands them, with the trainer's
-torch AdamW, to ``deepspeed.initialize`` (ZeRO stage ``distributed.zero_stage``, 0, 1 or 2 — 3
-is refused, see :meth:`~liveedit.distributed.DistributedTrainConfig.validate`; bf16 on GPU, fp32
-on CPU; ``deepspeed.init_distributed`` reuses the process group Ray Train set up: gloo on CPU,
-NCCL on GPU). A step is the library's
+torch AdamW, to ``deepspeed.initialize`` (ZeRO stage ``distributed.zero_stage``, 0 to 3; bf16 on
+GPU, fp32 on CPU; ``deepspeed.init_distributed`` reuses the process group Ray Train set up: gloo
+on CPU, NCCL on GPU). A step is the library's
 :func:`~liveedit.editors.liveedit.training.build_training_batch` +
 :func:`~liveedit.editors.liveedit.training.training_step` on this worker's share of the step's
 records (:func:`~liveedit.distributed.shard_indices` of the single-process
@@ -101,9 +100,18 @@ def _step_module(modules: Any, backbone: Any) -> Any:
     return LiveEditStep()
 
 
-def _editor_state(engine: Any) -> dict[str, Any]:
-    """The editor's weights as fp32 CPU tensors (whole on every rank under ZeRO 0-2)."""
-    return {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()}
+def _editor_state(engine: Any, rank: int) -> dict[str, Any] | None:
+    """The editor's whole weights as fp32 CPU tensors on rank 0 (``None`` elsewhere). Under ZeRO
+    0-2 every rank holds them whole; under ZeRO-3 each rank holds a partition, so every rank
+    takes part in gathering them (a collective: call it on all ranks)."""
+    import deepspeed
+
+    module = engine.module
+    params = [p for p in module.parameters() if hasattr(p, "ds_id")]  # ZeRO-3 partitioned
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=bool(params)):
+        if rank != 0:
+            return None
+        return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
 
 
 def _save_weights(cfg: Any, state: dict[str, Any], directory: Path) -> None:
@@ -274,7 +282,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             # training throughput since the last checkpoint (checkpoint I/O excluded)
             state["steps_per_s"] = len(window) / window_seconds if window_seconds else math.nan
             window, window_seconds = [], 0.0
-            current = _editor_state(engine) if rank == 0 else None
+            current = _editor_state(engine, rank)
             if mean < state["best_loss"] - config.min_delta:
                 state.update(best_loss=mean, best_step=state["step"], stale=0)
                 best_state = current

@@ -357,9 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=0, help="Ray Train workers (default 0: single process)"
     )
     ray_train.add_argument("--gpus-per-worker", type=int, help="GPUs per worker (default 0: CPU)")
-    ray_train.add_argument(
-        "--zero-stage", type=int, help="DeepSpeed ZeRO stage 0, 1 or 2 (default 2)"
-    )
+    ray_train.add_argument("--zero-stage", type=int, help="DeepSpeed ZeRO stage 0-3 (default 2)")
     ray_train.add_argument(
         "--address",
         help="a running Ray cluster (default: $RAY_ADDRESS, else a new local instance)",

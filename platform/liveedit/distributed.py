@@ -62,8 +62,8 @@ class DistributedConfig:
 
     Every worker loads the frozen backbone and takes ``batch_size / workers`` records of each
     step's batch (:func:`shard_indices`); DeepSpeed averages the gradients (ZeRO ``zero_stage``:
-    0 plain data parallel, 1 optimizer states partitioned, 2 + gradients partitioned; 3 is
-    refused with the reason, see :meth:`DistributedTrainConfig.validate`).
+    0 plain data parallel, 1 optimizer states partitioned, 2 + gradients partitioned, 3 + the
+    editor's parameters partitioned and gathered per submodule around its forward and backward).
     """
 
     workers: int = field(default=0, metadata={"min": 0})
@@ -72,6 +72,10 @@ class DistributedConfig:
     """GPUs per worker (0: CPU training in fp32 with gloo; > 0: CUDA, bf16 and NCCL)."""
     cpus_per_worker: float = field(default=1.0, metadata={"min": 0.0})
     zero_stage: int = field(default=2, metadata={"min": 0, "max": 3})
+    zero3_persistence_threshold: int = field(default=100_000, metadata={"min": 0})
+    """ZeRO-3 only: parameters with fewer elements stay whole on every rank (DeepSpeed's
+    ``stage3_param_persistence_threshold``; its default 1e5). A small editor (d_m 64 on a tiny
+    twin) is then not partitioned at all; 0 partitions every parameter."""
     storage: Path | None = None
     """Ray Train ``storage_path`` (default ``<out>/ray``); a shared path (NFS, s3://...) on a
     multi-node cluster."""
@@ -105,15 +109,6 @@ class DistributedTrainConfig(TrainConfig):
             problems.append(
                 f"batch_size: {self.batch_size} must be a multiple of distributed.workers "
                 f"({dist.workers}) with >= 2 records per worker"
-            )
-        if dist.zero_stage == 3:
-            problems.append(
-                "distributed.zero_stage: 3 is not supported for LiveEdit; allowed values: 0, 1, 2. "
-                "ZeRO-3 re-gathers partitioned parameters for backward through hooks on the "
-                "tensors each submodule returns, and LiveEdit's modules return dataclasses "
-                "(Experts, Features) computed from frozen-backbone states that need no gradient, "
-                "so the hooks never fire. ZeRO-2 already partitions the editor's gradients and "
-                "optimizer states; the frozen backbone is never held by DeepSpeed"
             )
         if dist.gpus_per_worker and dist.gpus_per_worker != int(dist.gpus_per_worker):
             problems.append(
@@ -163,13 +158,16 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 def deepspeed_config(config: DistributedTrainConfig, world: int, gpu: bool) -> dict[str, Any]:
     """The DeepSpeed config of a run: global batch = ``batch_size`` over ``world`` workers (one
     micro-batch each, no accumulation), gradient clipping as the single-process trainer, ZeRO
-    ``zero_stage``; bf16 on GPU, fp32 on CPU. The optimizer is the trainer's torch AdamW, passed
-    to ``deepspeed.initialize`` (``zero_allow_untested_optimizer``), so DeepSpeed builds none."""
+    ``zero_stage`` (stage 3 with ``zero3_persistence_threshold``); bf16 on GPU, fp32 on CPU. The
+    optimizer is the trainer's torch AdamW, passed to ``deepspeed.initialize``
+    (``zero_allow_untested_optimizer``), so DeepSpeed builds none."""
     stage = config.distributed.zero_stage
     zero: dict[str, Any] = {"stage": stage}
     if stage >= 2:
         zero["overlap_comm"] = False
         zero["contiguous_gradients"] = True
+    if stage == 3:
+        zero["stage3_param_persistence_threshold"] = config.distributed.zero3_persistence_threshold
     return {
         "train_batch_size": config.batch_size,
         "train_micro_batch_size_per_gpu": config.batch_size // world,

@@ -31,6 +31,7 @@ ARCHITECTURE_FIELDS = (
     "heads",
     "expert_scale",
     "hr_star",
+    "segment_embedding",
 )
 LOSS_WEIGHTS = ("weight_rel", "weight_gen", "weight_loc", "weight_hr", "weight_sr1", "weight_sr2")
 
@@ -85,6 +86,10 @@ class LiveEditConfig:
     hr_star: bool = False
     """'HR*': φ compresses the whole visual representation (no prompt-guided CA_φ1)."""
 
+    segment_embedding: bool = False
+    """Not in the paper: f_eg's cross-attention keys also see which of h_v, h_p, h_o each token
+    comes from, ``LN(h) + E[segment]`` with a learned ``E ∈ R^{3×d}`` (see
+    :class:`~.generator.ExpertGenerator`). Off = Eq. 1 as written."""
     # --- optimisation
     lr: float = field(default=1e-4, metadata={"min": 0.0})
 

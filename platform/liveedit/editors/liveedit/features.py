@@ -18,7 +18,7 @@ is not built). The sentinel feature is then CA_φ2(φ, Θ), independent of the p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -27,19 +27,24 @@ from .attention import CrossAttention, init_queries
 from .config import LiveEditConfig
 
 
-@dataclass
-class Features:
-    """Routing features of B samples, flattened: ``phi``, ``psi`` of shape ``[B, k·d_m]``."""
+class Features(NamedTuple):
+    """Routing features of B samples, flattened: ``phi``, ``psi`` of shape ``[B, k·d_m]``.
+
+    A named tuple (not a dataclass): DeepSpeed ZeRO-3 finds the tensors a module returns in
+    tuples, lists and dicts only, and re-gathers the module's partitioned parameters for backward
+    through hooks on them."""
 
     phi: Tensor
     psi: Tensor
 
 
-@dataclass
-class InputFeatures(Features):
-    """Input-side features plus the sentinel feature ``phi_theta`` = φ̄_Θ ``[B, k·d_m]`` (Eq. 5)
-    and, when known, ``has_image`` ``[B]`` bool (inputs without an image route to no expert)."""
+class InputFeatures(NamedTuple):
+    """Input-side features φ̄, ψ̄ plus the sentinel feature ``phi_theta`` = φ̄_Θ ``[B, k·d_m]``
+    (Eq. 5) and, when known, ``has_image`` ``[B]`` bool (inputs without an image route to no
+    expert). A named tuple for ZeRO-3, as :class:`Features`."""
 
+    phi: Tensor
+    psi: Tensor
     phi_theta: Tensor
     has_image: Tensor | None = None
 

@@ -18,7 +18,7 @@ from .config import LiveEditConfig
 from .features import FeatureExtractor, Features, InputFeatureExtractor, InputFeatures
 from .generator import ExpertGenerator, Experts
 from .routing import RepositoryViews, apply_experts, route
-from .spans import Span, SpanLike, Spans, as_spans, gather_spans
+from .spans import Span, SpanLike, Spans, as_spans, gather_spans, segment_ids
 
 SpanInput = SpanLike | Sequence[Span | None]
 
@@ -38,8 +38,10 @@ class LiveEditModules(nn.Module):
     def make_experts(self, h: Tensor, spans: Sequence[SpanInput]) -> Experts:
         """Eq. 1 for B edit samples: f_eg(h_v ⊕ h_p ⊕ h_o) -> U, V ``[B, r, d]``."""
         sp = [as_spans(s) for s in spans]
-        x, mask = gather_spans(h, [(s.vision, s.prompt, s.target) for s in sp])
-        return self.generator(x, mask)
+        ranges = [(s.vision, s.prompt, s.target) for s in sp]
+        x, mask = gather_spans(h, ranges)
+        segments = segment_ids(ranges, x.shape[1]) if self.cfg.segment_embedding else None
+        return self.generator(x, mask, segments)
 
     def edit_features(self, h: Tensor, spans: Sequence[SpanInput]) -> Features:
         """Eq. 3: (φ̂, ψ̂) = f̂fe(h_v, h_p), each ``[B, k·d_m]``."""
@@ -59,8 +61,7 @@ class LiveEditModules(nn.Module):
         input's φ̄ is 0 (no vision tokens); routing gives it no expert."""
         h_v, v_mask, h_p, p_mask = self._vision_prompt(h, spans)
         feats = self.input_extractor(h_v, v_mask, h_p, p_mask)
-        feats.has_image = self.has_image(spans, has_image).to(h.device)
-        return feats
+        return feats._replace(has_image=self.has_image(spans, has_image).to(h.device))
 
     def route(
         self,

@@ -85,3 +85,19 @@ def gather_spans(h: Tensor, ranges: Sequence[Sequence[Span | None]]) -> tuple[Te
     index, mask = index.to(h.device), mask.to(h.device)
     x = h.gather(1, index.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
     return x, mask
+
+
+def segment_ids(ranges: Sequence[Sequence[Span | None]], width: int) -> Tensor:
+    """``[B, width]`` long: for each token :func:`gather_spans` lays out from ``ranges[b]``, the
+    position of its span in ``ranges[b]`` (0, 1, 2, ...; a ``None`` span still counts); padding
+    is 0 (masked anyway)."""
+    out = torch.zeros(len(ranges), width, dtype=torch.long)
+    for b, spans in enumerate(ranges):
+        pos = 0
+        for i, span in enumerate(spans):
+            if span is None:
+                continue
+            n = int(span[1]) - int(span[0])
+            out[b, pos : pos + n] = i
+            pos += n
+    return out
