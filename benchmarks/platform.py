@@ -1,9 +1,11 @@
 """The Ray platform's costs on a tiny twin, measured side by side in one run (JSON out).
 
 - meta-training steps/s: the library's single-process loop (``liveedit train``) vs Ray Train +
-  DeepSpeed ZeRO-2 (``liveedit train --workers N``) with 1 and 2 workers, on the same global batch
-  per step (2 workers each process half of it). Steady state, start-up excluded: for the library
-  ``W / (t(2W steps) - t(W steps))`` from two fresh runs; for Ray the trainer's own
+  DeepSpeed ZeRO-2 (``liveedit train --workers N``) with 1 and 2 workers, and ZeRO-3 (every
+  parameter partitioned) with 2 workers, on the same global batch per step (2 workers each
+  process half of it). Steady state, start-up excluded: for the library
+  ``W / (t(2W steps) - t(W steps))`` from two fresh runs after a warm-up run (the first run in
+  a process pays one-time costs that would inflate the rate); for Ray the trainer's own
   ``steps_per_s`` of its second checkpoint window (W steps, checkpoint I/O excluded), read from
   ``train_result.json``. The wall time of a whole Ray run (worker start, DeepSpeed init,
   checkpoints) is reported beside it.
@@ -118,7 +120,7 @@ def main() -> None:
     def library(out: Path, steps: int) -> None:
         train(load_config(TrainConfig, None, [*common, f"out={out}", f"steps={steps}"]), False)
 
-    def on_ray(workers: int):
+    def on_ray(workers: int, stage: int = 2):
         def run(out: Path, steps: int) -> None:
             cfg = load_config(
                 DistributedTrainConfig,
@@ -128,7 +130,8 @@ def main() -> None:
                     f"out={out}",
                     f"steps={steps}",
                     f"distributed.workers={workers}",
-                    "distributed.zero_stage=2",
+                    f"distributed.zero_stage={stage}",
+                    "distributed.zero3_persistence_threshold=0",
                 ],
             )
             run_meta_training(cfg, show_progress=False)
@@ -136,22 +139,25 @@ def main() -> None:
         return run
 
     training: dict = {}
+    timed(library, window, "library-warmup")  # first-run costs (imports, caches) excluded
     t1, _ = timed(library, window, "library")
     t2, _ = timed(library, 2 * window, "library")
     training["library"] = {"run_s": t2, "steps_per_s": window / (t2 - t1)}
-    for workers in (1, 2):
-        wall, out = timed(on_ray(workers), 2 * window, f"ray{workers}")
+    for tag, workers, stage in (("ray_1w", 1, 2), ("ray_2w", 2, 2), ("ray_2w_zero3", 2, 3)):
+        wall, out = timed(on_ray(workers, stage), 2 * window, tag)
         state = json.loads((out / "train_result.json").read_text())
-        training[f"ray_{workers}w"] = {"run_s": wall, "steps_per_s": state["steps_per_s"]}
+        training[tag] = {"run_s": wall, "steps_per_s": state["steps_per_s"]}
     for tag, row in training.items():
         rate, wall = row["steps_per_s"], row["run_s"]
-        print(f"train {tag:8s} {rate:6.2f} steps/s ({2 * window}-step run {wall:.1f} s)")
+        print(f"train {tag:12s} {rate:6.2f} steps/s ({2 * window}-step run {wall:.1f} s)")
     lib = training["library"]["steps_per_s"]
     training["ratios"] = {
         "ray_1w_vs_library_steps_per_s": training["ray_1w"]["steps_per_s"] / lib,
         "ray_2w_vs_library_steps_per_s": training["ray_2w"]["steps_per_s"] / lib,
         "ray_2w_vs_ray_1w_steps_per_s": training["ray_2w"]["steps_per_s"]
         / training["ray_1w"]["steps_per_s"],
+        "zero3_vs_zero2_2w_steps_per_s": training["ray_2w_zero3"]["steps_per_s"]
+        / training["ray_2w"]["steps_per_s"],
         "ray_2w_vs_library_run_wall": training["ray_2w"]["run_s"] / training["library"]["run_s"],
     }
     report["training"] = training

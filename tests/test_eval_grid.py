@@ -13,6 +13,7 @@ from liveedit.config import ConfigError
 from liveedit.evaluation.grid import (
     EvalConfig,
     EvalTrackingConfig,
+    cell_cost,
     cell_key,
     expand_cells,
     load_eval_config,
@@ -65,6 +66,17 @@ def grid(tiny_world, tiny_llava_dir, liveedit_weights, tmp_path_factory):
     stamps = {p.name: p.stat().st_mtime_ns for p in (config.out / "cells").glob("*.json")}
     second = run_eval(config)
     return config, first, second, stamps
+
+
+def test_cell_cost_ranks_fine_tuning_cells_first(tiny_world, tiny_llava_dir, tmp_path) -> None:
+    """records x (1 + optimiser steps per edit): FT-L with 10 steps on 5 records costs 55."""
+    editors = ["none", "ft-l", "ft-m"]
+    cfg = make_config(tiny_world, tiny_llava_dir, tmp_path, tmp_path, editors=editors)
+    cfg.editor_options = {"ft-l": {"steps": 10}}
+    costs = {c.editor: cell_cost(c) for c in expand_cells(cfg)}
+    assert costs == {"none": 5.0, "ft-l": 55.0, "ft-m": 5.0 * 26}  # FT-M: default 25 steps
+    cfg.max_records = 0  # every record: counted as 1000
+    assert {cell_cost(c) for c in expand_cells(cfg) if c.editor == "none"} == {1000.0}
 
 
 def test_first_run_evaluates_every_cell(grid) -> None:

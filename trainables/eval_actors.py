@@ -119,7 +119,9 @@ class ActorRunner:
         actors = [
             actor_cls.remote(config.device, threads, os.getcwd(), pool.crash_cell) for _ in range(n)
         ]
-        queue = list(todo)
+        from liveedit.evaluation.grid import cell_cost
+
+        queue = sorted(todo, key=lambda item: -cell_cost(item[0]))  # costliest first (stable)
         holds: list[str | None] = [None] * n  # the backbone each actor holds (or will)
         inflight: dict[Any, int] = {}
 

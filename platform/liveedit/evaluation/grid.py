@@ -269,6 +269,19 @@ class Cell:
         return f"{self.backbone}/{self.dataset}/{self.editor}/T={self.edits}/seed={self.seed}"
 
 
+def cell_cost(cell: Cell) -> float:
+    """A cell's relative cost, for scheduling only: its records (``max_records``, or 1000 when
+    all) times (1 + optimiser steps per edit: ``steps`` of FT-L / FT-M, 0 otherwise). Handing
+    the costliest cells out first keeps parallel workers from idling at the end of a grid."""
+    records = cell.max_records or 1000
+    steps = 0
+    if cell.editor_name in ("ft-l", "ft-m"):
+        from liveedit.editors.finetune import FTConfig
+
+        steps = int(cell.editor_options.get("steps", FTConfig().steps))
+    return float(records * (1 + steps))
+
+
 def expand_cells(config: EvalConfig) -> list[Cell]:
     """Every cell of the grid, in table order (backbone, dataset, editor, T, seed)."""
     cells = []
