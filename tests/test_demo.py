@@ -25,6 +25,7 @@ def test_demo_runs_every_step_and_reuses_finished_work(
         "pretrain_minutes=0.001",
         "train_minutes=0.001",
         "train_steps=3",
+        "train_batch_size=4",
         "editor.layer=2",
         "editor.d_m=32",
         "edits=1,4",
@@ -36,6 +37,8 @@ def test_demo_runs_every_step_and_reuses_finished_work(
     out = capsys.readouterr().out
     assert "[1/4] world: building" in out and "liveedit ui --tracking-uri" in out
     main, ft = results
+    trained = (tmp_path / "demo" / "liveedit" / "config.yaml").read_text()
+    assert "batch_size: 4" in trained and "segment_embedding: true" in trained
     assert {c.cell.editor for c in main.cells} == {"none", "liveedit"}
     assert {c.cell.edits for c in main.cells} == {1, 4}
     assert {c.cell.editor for c in ft.cells} == {"ft-l", "ft-m"}
