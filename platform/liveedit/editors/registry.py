@@ -50,6 +50,14 @@ def _ft_config(options: Mapping[str, Any]) -> Any:
     return from_dict(FTConfig, dict(options), source="ft editor options")
 
 
+def optimiser_steps_per_edit(name: str, options: Mapping[str, Any]) -> int:
+    """The optimiser steps one edit costs: FT-L / FT-M's ``steps``; 0 for the others (N/A edits
+    nothing, LiveEdit generates an expert in one forward)."""
+    if name in ("ft-l", "ft-m"):
+        return int(_ft_config(options).steps)
+    return 0
+
+
 def check_editor_options(name: str, options: Mapping[str, Any]) -> list[str]:
     """Problems with ``options`` for editor ``name`` (empty when it can be built)."""
     from liveedit.config import ConfigError

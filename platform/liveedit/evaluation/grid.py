@@ -273,13 +273,10 @@ def cell_cost(cell: Cell) -> float:
     """A cell's relative cost, for scheduling only: its records (``max_records``, or 1000 when
     all) times (1 + optimiser steps per edit: ``steps`` of FT-L / FT-M, 0 otherwise). Handing
     the costliest cells out first keeps parallel workers from idling at the end of a grid."""
-    records = cell.max_records or 1000
-    steps = 0
-    if cell.editor_name in ("ft-l", "ft-m"):
-        from liveedit.editors.finetune import FTConfig
+    from liveedit.editors.registry import optimiser_steps_per_edit
 
-        steps = int(cell.editor_options.get("steps", FTConfig().steps))
-    return float(records * (1 + steps))
+    records = cell.max_records or 1000
+    return float(records * (1 + optimiser_steps_per_edit(cell.editor_name, cell.editor_options)))
 
 
 def expand_cells(config: EvalConfig) -> list[Cell]:
