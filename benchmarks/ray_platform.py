@@ -12,29 +12,24 @@
 - evaluation grid wall time: the single-process grid vs 1 and 2 Ray actors, on the same cells
   (fresh cache each time; the Ray instance is started once, before the timings).
 
-Ratios are taken between numbers measured in this run only. Usage: ``python benchmarks/platform.py
-[--world DIR --backbone DIR] [--window 10] [--batch-size 8] [--out FILE]``; without ``--world``
-/ ``--backbone`` a tiny world and a random LLaVA twin (d 64, 4 layers, as in the tests) are built
-in a temp folder. Runs on CPU: with fewer free cores than workers/actors, the parallel numbers
-measure contention, not scaling — note the machine's load with the numbers.
+Ratios are taken between numbers measured in this run only. Usage:
+``python benchmarks/ray_platform.py [--world DIR --backbone DIR] [--window 10] [--batch-size 8]
+[--out FILE]``; without ``--world`` / ``--backbone`` a tiny world and a random LLaVA twin (d 64,
+4 layers, as in the tests) are built in a temp folder. Runs on CPU: with fewer free cores than
+workers/actors, the parallel numbers measure contention, not scaling — note the machine's load
+with the numbers.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
-
-# This script is named like the standard library's `platform`, which torch and ray import: when
-# run as `python benchmarks/platform.py` its folder is sys.path[0] and would shadow it.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    del sys.path[0]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
 
 
 def _tiny_inputs(root: Path) -> tuple[Path, Path]:
@@ -65,7 +60,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=10, help="W: steps per measured window")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--cells-records", type=int, default=20, help="max_records per cell")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/platform.json"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ray_platform.json"))
     args = parser.parse_args()
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
