@@ -8,8 +8,17 @@ images, N_v=9) and batch size 1, 8, 32, times on one prebuilt batch of world-lik
 - ``forward``: logits under ``torch.no_grad()``;
 - ``score``: forward + teacher-forced scoring of the target tokens.
 
+On a GPU (``--device cuda``) the forward and scoring are timed with the device synchronised
+after each call, in fp32 and, with ``--dtype bfloat16``, in bf16 weights.
+
+With ``--pretrain-world DIR``, each architecture is also pretrained on that world with the
+default recipe (``liveedit backbone pretrain``'s defaults: every task group, every target) for at
+most ``--pretrain-minutes``, and the time at which each group first reached its held-out target
+is recorded (evaluations every 1,000 steps, so a time is an upper bound by up to one interval).
+
 Usage: ``python benchmarks/backbones.py [--out FILE] [--min-time 1.0] [--batches 1 8 32]
-[--threads N]``
+[--threads N] [--device cuda] [--dtype float32 bfloat16] [--pretrain-world DIR
+[--pretrain-minutes 30] [--pretrain-only]]``
 """
 
 from __future__ import annotations
@@ -61,17 +70,23 @@ def examples(n: int, seed: int = 0) -> tuple[list, list[str], list[str]]:
     return images, prompts, targets
 
 
-def rate(fn: Callable[[], object], batch: int, min_time: float) -> float:
+def rate(fn: Callable[[], object], batch: int, min_time: float, sync: bool = False) -> float:
     """Samples per second of ``fn`` (one batch per call): batch / median call time over at least
     ``min_time`` seconds and 5 calls, after two warm-up calls. The median keeps the figure stable
     on a machine shared with other jobs."""
-    fn()
-    fn()
+
+    def call() -> None:
+        fn()
+        if sync:
+            torch.cuda.synchronize()
+
+    call()
+    call()
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < 5 or time.perf_counter() - start < min_time:
         t0 = time.perf_counter()
-        fn()
+        call()
         times.append(time.perf_counter() - t0)
     return batch / statistics.median(times)
 
@@ -89,41 +104,126 @@ def main(argv: list[str] | None = None) -> dict:
         help="torch intra-op threads (default: torch's). On a shared 2-core machine use 1: with 2 "
         "threads, a job holding the other core made every forward ~50x slower (OpenMP barriers)",
     )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--dtype",
+        nargs="+",
+        default=["float32"],
+        choices=["float32", "bfloat16"],
+        help="weight dtypes to time (bf16 is meant for GPUs)",
+    )
+    parser.add_argument("--pretrain-world", help="also time pretraining on this world")
+    parser.add_argument("--pretrain-minutes", type=float, default=30.0)
+    parser.add_argument("--pretrain-out", default="runs/bench_twins", help="where twins go")
+    parser.add_argument("--pretrain-only", action="store_true", help="skip the throughput part")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    report: dict = {}
+    if not args.pretrain_only:
+        report = throughput(args)
+    if args.pretrain_world:
+        report["pretraining"] = pretraining(args)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.out}")
+    return report
 
-    results = []
-    print(f"{'arch':<10} {'batch':>5} {'seq':>4} {'build_inputs/s':>15} {'forward/s':>10} ", end="")
-    print(f"{'score/s':>9}")
+
+def pretraining(args: argparse.Namespace) -> dict:
+    """Pretrain each architecture with the default recipe; held-out accuracy and time to target."""
+    from pathlib import Path
+
+    from liveedit.backbones.pretrain import (
+        DEFAULT_TARGETS,
+        PretrainConfig,
+        pretrain,
+        time_to_targets,
+    )
+    from liveedit.tracking import TrackingConfig
+
+    rows = []
     for arch in args.archs:
-        twin = build_twin(arch, WORDS, seed=0)
-        for batch_size in args.batches:
-            images, prompts, targets = examples(batch_size)
-            batch = twin.build_inputs(images, prompts, targets)
-            with torch.no_grad():
-                row = {
-                    "arch": arch,
-                    "batch": batch_size,
-                    "seq_len": batch.seq_len,
-                    "build_inputs_samples_per_s": rate(
-                        lambda m=twin, i=images, p=prompts, t=targets: m.build_inputs(i, p, t),
-                        batch_size,
-                        args.min_time,
-                    ),
-                    "forward_samples_per_s": rate(
-                        lambda m=twin, b=batch: m.forward(b), batch_size, args.min_time
-                    ),
-                    "score_samples_per_s": rate(
-                        lambda m=twin, b=batch: m.score(b), batch_size, args.min_time
-                    ),
-                }
-            results.append(row)
-            print(
-                f"{arch:<10} {batch_size:>5} {batch.seq_len:>4} "
-                f"{row['build_inputs_samples_per_s']:>15.0f} {row['forward_samples_per_s']:>10.0f} "
-                f"{row['score_samples_per_s']:>9.0f}"
-            )
+        config = PretrainConfig(
+            world=Path(args.pretrain_world),
+            arch=arch,
+            out=Path(args.pretrain_out) / arch,
+            max_minutes=args.pretrain_minutes,
+            eval_every=1000,
+            threads=args.threads or 0,
+            device=args.device,
+            tracking=TrackingConfig(enabled=False),
+        )
+        result = pretrain(config)
+        groups = {k: v for k, v in result.accuracy.items() if "/" not in k}
+        row = {
+            "arch": arch,
+            "steps": result.steps,
+            "seconds": round(result.seconds, 1),
+            "reached_all_targets": result.reached,
+            "heldout_accuracy": {k: round(v, 4) for k, v in groups.items()},
+            "time_to_target": time_to_targets(result.curve, config.targets or DEFAULT_TARGETS),
+            "curve": [
+                {k: v for k, v in r.items() if not k.startswith("heldout/task/")}
+                for r in result.curve
+                if "seconds" in r
+            ],
+        }
+        rows.append(row)
+        print(
+            f"{arch:<10} {result.steps} steps, {result.seconds / 60:.1f} min, "
+            + ", ".join(f"{k} {100 * v:.1f}" for k, v in sorted(groups.items()))
+            + f", targets reached: {result.reached}"
+        )
+    return {"max_minutes": args.pretrain_minutes, "world": args.pretrain_world, "runs": rows}
+
+
+def throughput(args: argparse.Namespace) -> dict:
+    """Forward and scoring samples/s per architecture, dtype and batch size."""
+
+    device = torch.device(args.device)
+    sync = device.type == "cuda"
+    results = []
+    print(f"{'arch':<10} {'dtype':<8} {'batch':>5} {'seq':>4} {'build_inputs/s':>15} ", end="")
+    print(f"{'forward/s':>10} {'score/s':>9}")
+    for arch in args.archs:
+        for dtype in args.dtype:
+            twin = build_twin(arch, WORDS, seed=0).to(device=device, dtype=getattr(torch, dtype))
+            for batch_size in args.batches:
+                images, prompts, targets = examples(batch_size)
+                batch = twin.build_inputs(images, prompts, targets)
+                on_device = batch.to(device)
+                with torch.no_grad():
+                    row = {
+                        "arch": arch,
+                        "dtype": dtype,
+                        "batch": batch_size,
+                        "seq_len": batch.seq_len,
+                        "build_inputs_samples_per_s": rate(
+                            lambda m=twin, i=images, p=prompts, t=targets: m.build_inputs(i, p, t),
+                            batch_size,
+                            args.min_time,
+                        ),
+                        "forward_samples_per_s": rate(
+                            lambda m=twin, b=on_device: m.forward(b),
+                            batch_size,
+                            args.min_time,
+                            sync,
+                        ),
+                        "score_samples_per_s": rate(
+                            lambda m=twin, b=on_device: m.score(b),
+                            batch_size,
+                            args.min_time,
+                            sync,
+                        ),
+                    }
+                results.append(row)
+                print(
+                    f"{arch:<10} {dtype:<8} {batch_size:>5} {batch.seq_len:>4} "
+                    f"{row['build_inputs_samples_per_s']:>15.0f} "
+                    f"{row['forward_samples_per_s']:>10.0f} {row['score_samples_per_s']:>9.0f}"
+                )
     report = {
         "benchmark": "backbones",
         "machine": {
@@ -131,14 +231,11 @@ def main(argv: list[str] | None = None) -> dict:
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(device) if sync else "cpu",
         },
         "settings": {"min_time_s": args.min_time, "twin": "defaults (d=128, 8 layers, N_v=9)"},
         "results": results,
     }
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"wrote {args.out}")
     return report
 
 
