@@ -54,6 +54,21 @@ def test_group_sampler_follows_weights_and_cycles() -> None:
         GroupSampler(tasks, {"knowledge": 1.0}, seed=0)
 
 
+def test_group_sampler_scales_weights_from_the_configured_ones() -> None:
+    tasks = ["text_fact"] * 10 + ["vqa_colour"] * 10 + ["caption"] * 10
+    sampler = GroupSampler(tasks, {"text_fact": 1.0, "vqa": 1.0, "caption": 2.0}, seed=0)
+    sampler.scale({"caption": 0.0})
+    assert all(i < 20 for i in sampler.draw(200))  # no caption drawn at weight 0
+    sampler.scale({"caption": 0.25, "vqa": 0.5})  # from the configured weights, not compounded
+    assert dict(zip(sampler.groups, sampler.weights, strict=True)) == {
+        "caption": 0.5,
+        "text_fact": 1.0,
+        "vqa": 0.5,
+    }
+    sampler.scale({})
+    assert sampler.weights == [2.0, 1.0, 1.0]
+
+
 def test_pretrain_saves_a_loadable_twin_and_reuses_the_cache(
     tiny_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
@@ -66,9 +81,12 @@ def test_pretrain_saves_a_loadable_twin_and_reuses_the_cache(
     info = json.loads((tmp_path / "twin" / "liveedit_backbone.json").read_text())
     pre = info["metadata"]["pretraining"]
     assert pre["cache_key"] == cache_key(config)
+    assert set(pre["reached_at"]) == {"vqa", "caption", "knowledge", "text_fact"}
     assert set(pre["accuracy"]) >= {"vqa", "caption", "knowledge", "text_fact"}
     curve = json.loads((tmp_path / "twin" / "pretrain_curve.json").read_text())
     assert any("vision_loss" in row for row in curve) and any("loss" in row for row in curve)
+    evaluations = [row for row in curve if "heldout/vqa" in row]
+    assert evaluations and all(row["seconds"] > 0 for row in evaluations)
 
     backbone = load_backbone(tmp_path / "twin")
     assert backbone.hidden_size == 32 and backbone.num_layers == 2
@@ -87,3 +105,76 @@ def test_pretrain_saves_a_loadable_twin_and_reuses_the_cache(
     assert main(["backbone", "info", str(tmp_path / "twin")]) == 0
     out = capsys.readouterr().out
     assert "llava-1.5" in out and "num_vision_tokens" in out and "pretraining" in out
+
+
+def test_prompt_loss_equals_a_direct_next_token_loop() -> None:
+    """The prompt-token loss is the mean over every prompt token that has a predecessor of
+    -log p(token | logits one position earlier), whatever the padding side and with or without
+    an image."""
+    from PIL import Image
+
+    from liveedit.backbones.pretrain import prompt_loss
+    from liveedit.backbones.twins import build_twin
+
+    words = "what colour is the red square a blue circle answer".split()
+    images = [Image.new("RGB", (48, 48), "red"), None, Image.new("RGB", (48, 48), "blue")]
+    prompts = ["what colour is the square", "the red circle is", "what is a blue"]
+    targets = ["red", "a blue circle", "circle"]
+    for arch, side in (("llava-1.5", "right"), ("blip2-opt", "left"), ("minigpt4", "right")):
+        twin = build_twin(arch, words, seed=0, hidden_size=32, num_layers=2)
+        batch = twin.build_inputs(images, prompts, targets, padding_side=side)
+        with torch.no_grad():
+            logits = twin.forward(batch)
+            got = prompt_loss(batch, logits)
+        terms = []
+        for i, spans in enumerate(batch.spans):
+            start, end = spans.prompt
+            for t in range(max(start, 1), end):
+                logp = torch.log_softmax(logits[i, t - 1].float(), dim=-1)
+                terms.append(-logp[batch.input_ids[i, t]])
+        want = torch.stack(terms).mean()
+        assert len(terms) == sum(len(p.split()) for p in prompts)  # BOS precedes every prompt
+        assert got.item() == pytest.approx(want.item(), rel=1e-5), (arch, side)
+
+
+def test_twin_init_std_reaches_the_lm_weights() -> None:
+    from liveedit.backbones.twins import build_twin, twin_spec
+
+    for arch in ("llava-1.5", "blip2-opt"):
+        for std in (0.02, 0.08):
+            twin = build_twin(arch, ["a", "b"], seed=0, hidden_size=64, init_std=std)
+            weight = twin.decoder_layers[0].self_attn.q_proj.weight
+            assert weight.std().item() == pytest.approx(std, rel=0.05), (arch, std)
+    with pytest.raises(ValueError, match="init_std=0 must be > 0"):
+        twin_spec(init_std=0)
+
+
+def test_pretrain_with_the_prompt_loss_logs_both_losses(tiny_world: Path, tmp_path: Path) -> None:
+    from liveedit.backbones.pretrain import pretrain
+
+    torch.set_num_threads(1)
+    config = smoke_config(
+        tiny_world, tmp_path / "twin", "language.prompt_loss_weight=0.5", "vision.steps=0"
+    )
+    result = pretrain(config)
+    rows = [row for row in result.curve if "loss" in row]
+    assert len(rows) == 4
+    # total = answer loss + 0.5 * prompt loss, and the prompt loss is positive
+    assert all(row["total_loss"] > row["loss"] for row in rows)
+
+
+def test_time_to_targets_is_the_first_evaluation_at_or_above_each_target() -> None:
+    from liveedit.backbones.pretrain import time_to_targets
+
+    curve = [
+        {"step": 10, "loss": 1.0},
+        {"step": 99, "seconds": 5.0, "heldout/vqa": 0.90, "heldout/caption": 0.86},
+        {"step": 199, "seconds": 9.5, "heldout/vqa": 0.95, "heldout/caption": 0.80},
+        {"step": 299, "seconds": 14.0, "heldout/vqa": 0.97, "heldout/caption": 0.90},
+    ]
+    got = time_to_targets(curve, {"vqa": 0.95, "caption": 0.85, "knowledge": 0.85})
+    assert got == {
+        "vqa": {"step": 199, "seconds": 9.5},
+        "caption": {"step": 99, "seconds": 5.0},
+        "knowledge": None,
+    }
