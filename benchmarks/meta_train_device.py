@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
             n_vision=backbone.num_vision_tokens,
         )
         modules = LiveEditModules(editor).to(device)
+        n_params = sum(p.numel() for p in modules.parameters())  # before ZeRO-3 partitions them
         optimizer = torch.optim.AdamW(modules.parameters(), lr=editor.lr)
         engine = None
         if stage is not None:
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
             "kind": kind,
             "zero_stage": stage,
             "batch": batch,
-            "editor_params": sum(p.numel() for p in modules.parameters()),
+            "editor_params": n_params,
             "steps_per_s": len(times) / sum(times),
             "median_step_ms": 1000 * sorted(times)[len(times) // 2],
             "peak_mem_gib": _peak_gib(device),

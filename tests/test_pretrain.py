@@ -178,3 +178,29 @@ def test_time_to_targets_is_the_first_evaluation_at_or_above_each_target() -> No
         "caption": {"step": 99, "seconds": 5.0},
         "knowledge": None,
     }
+
+
+def test_auto_probe_trains_the_q_former_for_blip2_and_only_the_tower_for_llava() -> None:
+    """``vision.probe=auto``: the BLIP-2 family's vision stage trains the tower, the Q-Former, its
+    query tokens and the projection (probes read the LM-space tokens); LLaVA's trains the tower
+    only (its projector is left to the language stage)."""
+    from liveedit.backbones.pretrain import VisionStage, vision_stage
+    from liveedit.backbones.twins import build_twin
+
+    torch.set_num_threads(1)
+    stage = VisionStage(steps=2, batch_size=4)
+    for arch, changed, unchanged in (
+        ("blip2-opt", ("vision_model", "qformer", "query_tokens", "language_projection"), ()),
+        ("llava-1.5", ("vision_tower",), ("multi_modal_projector", "language_model")),
+    ):
+        twin = build_twin(arch, ["red", "square"], seed=0, hidden_size=32, num_layers=2)
+        before = {n: p.detach().clone() for n, p in twin.model.named_parameters()}
+        curve = vision_stage(twin, stage, seed=0)
+        assert len(curve) == 2 and all(p.requires_grad is False for p in twin.model.parameters())
+        moved = {n for n, p in twin.model.named_parameters() if not torch.equal(p, before[n])}
+        for part in changed:
+            assert any(part in n for n in moved), (arch, part)
+        for part in unchanged:
+            assert not any(part in n for n in moved), (arch, part)
+        if arch == "blip2-opt":
+            assert not any("language_model" in n for n in moved)

@@ -40,7 +40,10 @@ class DemoConfig:
     seed: int = field(default=0, metadata={"min": 0})
     twin: TwinSpec = field(default_factory=TwinSpec)
     vision_steps: int = field(default=600, metadata={"min": 0})
-    pretrain_minutes: float = field(default=7.0, metadata={"min": 0.0})
+    pretrain_minutes: float = field(default=9.0, metadata={"min": 0.0})
+    """The twin's pretraining budget (vqa + text facts; stops earlier at 95% on both). With the
+    default recipe the LLaVA twin is at ~87% held-out vqa after 9 minutes on 2 cores (64% with
+    the recipe before: batch 32, lr 1e-3, init std 0.02)."""
     train_minutes: float = field(default=5.0, metadata={"min": 0.0})
     train_steps: int = field(default=450, metadata={"min": 1})
     train_batch_size: int = field(default=32, metadata={"min": 2})
