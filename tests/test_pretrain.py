@@ -180,19 +180,24 @@ def test_time_to_targets_is_the_first_evaluation_at_or_above_each_target() -> No
     }
 
 
-def test_auto_probe_trains_the_q_former_for_blip2_and_only_the_tower_for_llava() -> None:
-    """``vision.probe=auto``: the BLIP-2 family's vision stage trains the tower, the Q-Former, its
-    query tokens and the projection (probes read the LM-space tokens); LLaVA's trains the tower
+def test_vision_stage_trains_what_its_probe_reads() -> None:
+    """``vision.probe=bridge`` on a BLIP-2 twin trains the tower, the Q-Former, its query tokens
+    and the projection (the probes read the LM-space tokens); ``tower`` on LLaVA trains the tower
     only (its projector is left to the language stage)."""
     from liveedit.backbones.pretrain import VisionStage, vision_stage
     from liveedit.backbones.twins import build_twin
 
     torch.set_num_threads(1)
-    stage = VisionStage(steps=2, batch_size=4)
-    for arch, changed, unchanged in (
-        ("blip2-opt", ("vision_model", "qformer", "query_tokens", "language_projection"), ()),
-        ("llava-1.5", ("vision_tower",), ("multi_modal_projector", "language_model")),
+    for arch, probe, changed, unchanged in (
+        (
+            "blip2-opt",
+            "bridge",
+            ("vision_model", "qformer", "query_tokens", "language_projection"),
+            (),
+        ),
+        ("llava-1.5", "tower", ("vision_tower",), ("multi_modal_projector", "language_model")),
     ):
+        stage = VisionStage(steps=2, batch_size=4, probe=probe)
         twin = build_twin(arch, ["red", "square"], seed=0, hidden_size=32, num_layers=2)
         before = {n: p.detach().clone() for n, p in twin.model.named_parameters()}
         curve = vision_stage(twin, stage, seed=0)
