@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from liveedit.world.build import MANIFEST, GeneratedWorld, generate_world
 from liveedit.world.build import SIZES as WORLD_SIZES
 from liveedit.world.families import FAMILIES, FAMILY_FORMATS, Generated
 from liveedit.world.knowledge import CHAINS, RECORD_RENDERINGS, RELATIONS
-from liveedit.world.questions import ANSWERS, caption, parse_question
+from liveedit.world.questions import ANSWERS, CountBalance, caption, parse_question, sample_query
 from liveedit.world.render import (
     BACKGROUND_RGB,
     CELL,
@@ -30,7 +32,7 @@ from liveedit.world.render import (
     object_box,
     render,
 )
-from liveedit.world.scene import Object, Scene
+from liveedit.world.scene import Object, Scene, ScenePools
 from liveedit.world.vocabulary import COLOURS, NQ_PREFIX, POSITIONS, SHAPES, SIZES, words
 
 ANSWER_SUFFIX = " The answer is:"
@@ -74,7 +76,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 def test_layout_and_manifest(built: tuple[Path, GeneratedWorld]) -> None:
     out, _ = built
     manifest = json.loads((out / MANIFEST).read_text())
-    assert manifest["version"] == 1 and manifest["seed"] == 0 and manifest["size"] == "tiny"
+    assert manifest["version"] == 2 and manifest["seed"] == 0 and manifest["size"] == "tiny"
     assert manifest["families"] == list(FAMILIES) and manifest["image_size"] == IMAGE_SIZE
     for family in FAMILIES:
         train, test = WORLD_SIZES["tiny"].records[family]
@@ -349,6 +351,49 @@ def test_corpus_uses_the_record_view_formats(built: tuple[Path, GeneratedWorld])
             assert qa.question in by_task["knowledge_hop"] | by_task["knowledge_fact"]
 
 
+def test_count_balance_asks_the_least_asked_form_and_answer() -> None:
+    two_red_circles = Scene(
+        (Object("circle", "red", "small", 0), Object("circle", "red", "large", 4)), "black"
+    )
+    one_blue_square = Scene((Object("square", "blue", "small", 8),), "white")
+    balance, rng = CountBalance(), random.Random(0)
+    asked = []
+    for scene in (two_red_circles,) * 3 + (one_blue_square,) * 3:
+        query = balance.sample(rng, scene)
+        assert query is not None
+        form = tuple(k for k in ("colour", "shape") if getattr(query.referent, k))
+        asked.append((form, query.answer(scene)))
+    # each scene allows three (form, answer) pairs; none is asked twice before all were asked once
+    assert sorted(asked[:3]) == [((), "two"), (("colour",), "two"), (("shape",), "two")]
+    assert sorted(asked[3:]) == [((), "one"), (("colour",), "one"), (("shape",), "one")]
+    assert balance.asked == Counter({pair: 1 for pair in asked})
+    empty = Scene((), "black")
+    assert balance.sample(rng, empty) is None
+
+
+def test_count_balance_removes_the_answer_prior() -> None:
+    """Drawn per scene, "How many <colour|shape> objects?" is answered "one" most of the time
+    (two objects sharing one of 8 colours / 6 shapes are rare); balanced, far less often."""
+    pools, rng = ScenePools(seed=0), random.Random(0)
+    scenes = [pools.sample(rng, "corpus_train") for _ in range(3000)]
+
+    def share_of_one(draw) -> float:  # noqa: ANN001
+        answers = [
+            q.answer(s)
+            for s in scenes
+            if (q := draw(s)) is not None and (q.referent.colour or q.referent.shape)
+        ]
+        return answers.count("one") / len(answers)
+
+    per_scene = share_of_one(lambda s: sample_query(random.Random(s.signature()), s, "count"))
+    balance = CountBalance()
+    balanced = share_of_one(lambda s: balance.sample(rng, s))
+    assert per_scene > 0.8 and balanced < 0.6, (per_scene, balanced)
+    by_pair = balance.asked
+    for form in (("colour",), ("shape",)):  # "one" and "two" about equally often per form
+        assert abs(by_pair[(form, "one")] - by_pair[(form, "two")]) <= 0.1 * by_pair[(form, "one")]
+
+
 def test_corpus_knows_every_entity_on_new_renderings(built: tuple[Path, GeneratedWorld]) -> None:
     _, gen = built
     record_images = {
@@ -399,10 +444,10 @@ def test_load_world_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(WorldError, match="not a liveedit world"):
         load_world(tmp_path / "plain")
     (tmp_path / "old").mkdir()
-    (tmp_path / "old" / MANIFEST).write_text(json.dumps({"version": 0}))
-    with pytest.raises(WorldError, match="version"):
+    (tmp_path / "old" / MANIFEST).write_text(json.dumps({"version": 1}))
+    with pytest.raises(WorldError, match="world version 1, this liveedit reads version 2; rebuild"):
         load_world(tmp_path / "old")
-    (tmp_path / "old" / MANIFEST).write_text(json.dumps({"version": 1, "families": ["vqa"]}))
+    (tmp_path / "old" / MANIFEST).write_text(json.dumps({"version": 2, "families": ["vqa"]}))
     with pytest.raises(WorldError, match="damaged world manifest"):
         load_world(tmp_path / "old")
 

@@ -34,7 +34,8 @@ from .render import IMAGE_SIZE, ImageJob
 from .scene import ScenePools
 from .vocabulary import GRID, WORD_PATTERN, words
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2
+"""2: the corpus's count questions are balanced over (referent form, answer)."""
 MANIFEST = "world.json"
 MANIFEST_KEYS = ("version", "seed", "size", "families", "counts", "image_size", "vocabulary")
 

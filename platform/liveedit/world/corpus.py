@@ -5,6 +5,8 @@ formats of :func:`liveedit.data.records.record_views` (VQA questions end with
 ``" The answer is:"``; text facts are ``"nq question: <question>?"``; caption prompts and
 knowledge questions as they are), true answers only, every paraphrase template in use.
 
+- Count questions are balanced over (referent form, answer) (:class:`.questions.CountBalance`),
+  so that no count is answerable from the question's words alone.
 - Scenes come from the ``corpus_train`` / ``corpus_heldout`` pools: never an edit record's scene,
   and the held-out scenes are not training scenes. Each scene gives one question of each VQA kind
   (where one is unambiguous) and one caption; half of the scenes are jittered re-renders.
@@ -28,7 +30,7 @@ from liveedit.data.records import format_question
 from liveedit.progress import progress
 
 from .knowledge import RECORD_RENDERINGS, RELATIONS, KnowledgeGraph
-from .questions import KINDS, caption, sample_query
+from .questions import KINDS, CountBalance, caption, sample_query
 from .render import ImageJob, sample_jitter
 from .scene import ScenePools
 from .vocabulary import CAPTION_PROMPTS, KNOWLEDGE_TEMPLATES, NQ_PREFIX, QUESTION_TEMPLATES
@@ -83,13 +85,17 @@ def generate_corpus(
     rng = random.Random(f"{seed}|corpus|{split}")
     examples: list[CorpusExample] = []
     jobs: list[ImageJob] = []
+    counts = CountBalance()
     for n in progress(range(n_scenes), f"world corpus/{split} scenes", n_scenes):
         scene = pools.sample(rng, f"corpus_{split}")
         jitter = sample_jitter(rng, scene) if rng.random() < 0.5 else None
         path = f"corpus/{split}/{n:06d}.png"
         jobs.append(ImageJob(path, scene, jitter))
         for kind in KINDS:
-            query = sample_query(rng, scene, kind)
+            if kind == "count":
+                query = counts.sample(rng, scene)
+            else:
+                query = sample_query(rng, scene, kind)
             if query is not None:
                 template = rng.randrange(len(QUESTION_TEMPLATES[kind]))
                 prompt = format_question(query.text(template), "evqa")

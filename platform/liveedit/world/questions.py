@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, replace
+from collections import Counter
+from dataclasses import dataclass, field, replace
 
 from .scene import Object, Scene
 from .vocabulary import (
@@ -123,6 +124,36 @@ def sample_query(rng: random.Random, scene: Scene, kind: str) -> Query | None:
     ]
     candidates = [q for q in candidates if q.answer(scene) is not None]
     return rng.choice(candidates) if candidates else None
+
+
+@dataclass
+class CountBalance:
+    """Count questions balanced over (referent form, answer), as VQA v2 balanced its answers.
+
+    Drawn per scene, the answer to "How many green objects?" is "one" in most scenes (two objects
+    of one colour are rare), so a model can answer attribute counts from the question alone. Each
+    call asks the (form, answer) pair asked least so far among those the scene allows (ties broken
+    by ``rng``), so every pair is asked about as often as the scenes make possible. One instance
+    per generated file: it counts what it has asked.
+    """
+
+    asked: Counter[tuple[tuple[str, ...], str]] = field(default_factory=Counter)
+
+    def sample(self, rng: random.Random, scene: Scene) -> Query | None:
+        """A count question about ``scene``; ``None`` if it allows none."""
+        options: dict[tuple[tuple[str, ...], str], list[Query]] = {}
+        for form in REFERENT_FORMS["count"]:
+            for ref in dict.fromkeys(Referent.of(o, form) for o in scene.objects):
+                query = Query("count", ref)
+                answer = query.answer(scene)
+                if answer is not None:
+                    options.setdefault((form, answer), []).append(query)
+        if not options:
+            return None
+        least = min(self.asked[key] for key in options)
+        key = rng.choice(sorted(key for key in options if self.asked[key] == least))
+        self.asked[key] += 1
+        return rng.choice(options[key])
 
 
 def counterfactual_answer(rng: random.Random, kind: str, true: str) -> str:
