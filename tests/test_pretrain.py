@@ -32,6 +32,7 @@ def smoke_config(world: Path, out: Path, *extra: str) -> PretrainConfig:
             "twin.hidden_size=32",
             "twin.num_layers=2",
             "vision.steps=3",
+            "vision.bridge_steps=2",
             "vision.batch_size=8",
             "language.steps=4",
             "language.batch_size=8",
@@ -77,14 +78,15 @@ def test_pretrain_saves_a_loadable_twin_and_reuses_the_cache(
     config = smoke_config(tiny_world, tmp_path / "twin")
     first = ensure_twin(config)
     assert not first.cached and first.out == tmp_path / "twin"
-    assert first.steps >= 5  # 3 vision steps + at least 2 language steps
+    assert first.steps >= 7  # 3 + 2 vision steps + at least 2 language steps
     info = json.loads((tmp_path / "twin" / "liveedit_backbone.json").read_text())
     pre = info["metadata"]["pretraining"]
     assert pre["cache_key"] == cache_key(config)
     assert set(pre["reached_at"]) == {"vqa", "caption", "knowledge", "text_fact"}
     assert set(pre["accuracy"]) >= {"vqa", "caption", "knowledge", "text_fact"}
     curve = json.loads((tmp_path / "twin" / "pretrain_curve.json").read_text())
-    assert any("vision_loss" in row for row in curve) and any("loss" in row for row in curve)
+    for key in ("tower_probe_loss", "bridge_probe_loss", "loss"):
+        assert any(key in row for row in curve), key
     evaluations = [row for row in curve if "heldout/vqa" in row]
     assert evaluations and all(row["seconds"] > 0 for row in evaluations)
 
@@ -149,6 +151,28 @@ def test_twin_init_std_reaches_the_lm_weights() -> None:
         twin_spec(init_std=0)
 
 
+def test_blip2_family_twins_start_with_a_live_vit_and_distinct_queries() -> None:
+    """HF's BLIP-2 classes assume a checkpoint: vision initializer_range 1e-10 and zero query
+    tokens. A twin built from them must not inherit that (nine equal queries stay equal under
+    training, and the LM would see one pooled image token nine times)."""
+    from PIL import Image
+
+    from liveedit.backbones.twins import QFORMER_INIT_STD, build_twin
+
+    for arch in ("blip2-opt", "minigpt4"):
+        twin = build_twin(arch, ["a", "b"], seed=0, hidden_size=64)
+        queries = twin.model.query_tokens
+        assert queries.std().item() == pytest.approx(QFORMER_INIT_STD, rel=0.15)
+        patch = twin.vision_tower.embeddings.patch_embedding.weight
+        assert patch.std().item() == pytest.approx(QFORMER_INIT_STD, rel=0.15)
+        images = [Image.new("RGB", (48, 48), c) for c in ("red", "blue")]
+        with torch.no_grad():
+            feats = twin.image_features(twin.pixel_values(images))
+        assert feats.shape == (2, 9, 64)
+        assert (feats[:, 0] - feats[:, 1]).abs().max() > 1e-3  # the queries differ
+        assert (feats[0] - feats[1]).abs().max() > 1e-4  # and so do the images
+
+
 def test_pretrain_with_the_prompt_loss_logs_both_losses(tiny_world: Path, tmp_path: Path) -> None:
     from liveedit.backbones.pretrain import pretrain
 
@@ -180,32 +204,56 @@ def test_time_to_targets_is_the_first_evaluation_at_or_above_each_target() -> No
     }
 
 
-def test_vision_stage_trains_what_its_probe_reads() -> None:
-    """``vision.probe=bridge`` on a BLIP-2 twin trains the tower, the Q-Former, its query tokens
-    and the projection (the probes read the LM-space tokens); ``tower`` on LLaVA trains the tower
-    only (its projector is left to the language stage)."""
+def test_vision_stage_trains_the_tower_then_the_bridge() -> None:
+    """The tower phase moves the vision tower only; the bridge phase then moves the bridge (BLIP-2:
+    the Q-Former, its query tokens and the projection; LLaVA: the projector) with the tower
+    frozen; the LM never moves. Checked phase by phase on the real twins."""
+    from liveedit.backbones.base import Backbone
     from liveedit.backbones.pretrain import VisionStage, vision_stage
     from liveedit.backbones.twins import build_twin
 
     torch.set_num_threads(1)
-    for arch, probe, changed, unchanged in (
-        (
-            "blip2-opt",
-            "bridge",
-            ("vision_model", "qformer", "query_tokens", "language_projection"),
-            (),
-        ),
-        ("llava-1.5", "tower", ("vision_tower",), ("multi_modal_projector", "language_model")),
-    ):
-        stage = VisionStage(steps=2, batch_size=4, probe=probe)
+    bridges = {
+        "blip2-opt": ("qformer", "query_tokens", "language_projection"),
+        "llava-1.5": ("multi_modal_projector",),
+    }
+    towers = {"blip2-opt": "vision_model", "llava-1.5": "vision_tower"}
+    for arch, bridge in bridges.items():
         twin = build_twin(arch, ["red", "square"], seed=0, hidden_size=32, num_layers=2)
-        before = {n: p.detach().clone() for n, p in twin.model.named_parameters()}
-        curve = vision_stage(twin, stage, seed=0)
-        assert len(curve) == 2 and all(p.requires_grad is False for p in twin.model.parameters())
-        moved = {n for n, p in twin.model.named_parameters() if not torch.equal(p, before[n])}
-        for part in changed:
+
+        def moved_by(
+            stage: VisionStage, twin: Backbone = twin
+        ) -> tuple[set[str], list[dict[str, float]]]:
+            before = {n: p.detach().clone() for n, p in twin.model.named_parameters()}
+            curve = vision_stage(twin, stage, seed=0)
+            assert all(p.requires_grad is False for p in twin.model.parameters())
+            names = twin.model.named_parameters()
+            return {n for n, p in names if not torch.equal(p, before[n])}, curve
+
+        moved, curve = moved_by(VisionStage(steps=2, bridge_steps=0, batch_size=4))
+        assert [r["step"] for r in curve] == [0, 1] and "tower_probe_cell" in curve[0]
+        assert any(towers[arch] in n for n in moved)
+        assert not any(part in n for n in moved for part in (*bridge, "language_model"))
+
+        moved, curve = moved_by(VisionStage(steps=1, bridge_steps=2, batch_size=4))
+        assert [r["step"] for r in curve] == [0, 1, 2]
+        assert set(curve[2]) == {"step", "bridge_probe_loss"} | {
+            f"bridge_probe_{k}" for k in ("shape", "colour", "size")
+        }
+        for part in bridge:
             assert any(part in n for n in moved), (arch, part)
-        for part in unchanged:
-            assert not any(part in n for n in moved), (arch, part)
-        if arch == "blip2-opt":
-            assert not any("language_model" in n for n in moved)
+        assert not any("language_model" in n for n in moved)
+        # the tower moved in its own phase only: rerun the bridge phase alone
+        moved, _ = moved_by(VisionStage(steps=0, bridge_steps=2, batch_size=4))
+        assert not any(towers[arch] in n for n in moved) and any(bridge[0] in n for n in moved)
+
+
+def test_bridge_probes_need_one_vision_token_per_cell() -> None:
+    from liveedit.backbones.pretrain import VisionStage, vision_stage
+    from liveedit.backbones.twins import build_twin
+
+    twin = build_twin(
+        "blip2-opt", ["red"], seed=0, hidden_size=32, num_layers=2, num_query_tokens=4
+    )
+    with pytest.raises(ValueError, match="one vision token per cell .9.; blip2-opt has 4"):
+        vision_stage(twin, VisionStage(steps=0, bridge_steps=1, batch_size=2), seed=0)

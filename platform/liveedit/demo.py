@@ -39,7 +39,8 @@ class DemoConfig:
     size: Literal["tiny", "small", "paper"] = "small"
     seed: int = field(default=0, metadata={"min": 0})
     twin: TwinSpec = field(default_factory=TwinSpec)
-    vision_steps: int = field(default=600, metadata={"min": 0})
+    vision: VisionStage = field(default_factory=VisionStage)
+    """The twin's vision stage: tower probes, then bridge probes (see :class:`VisionStage`)."""
     pretrain_minutes: float = field(default=9.0, metadata={"min": 0.0})
     """The twin's pretraining budget (vqa + text facts; stops earlier at 95% on both). With the
     default recipe the LLaVA twin is at ~87% held-out vqa after 9 minutes on 2 cores (64% with
@@ -68,13 +69,14 @@ class DemoConfig:
 
 
 def _world(config: DemoConfig) -> Path:
-    from liveedit.world.build import build_world
+    from liveedit.world.build import WORLD_VERSION, build_world
 
     world = config.out / "world"
     manifest = world / "world.json"
     if manifest.is_file():
         meta = json.loads(manifest.read_text())
-        if (meta.get("size"), meta.get("seed")) == (config.size, config.seed) and (
+        same = (meta.get("version"), meta.get("size"), meta.get("seed"))
+        if same == (WORLD_VERSION, config.size, config.seed) and (
             config.family in meta.get("families", [])
         ):
             print(f"[1/4] world: reusing {world}")
@@ -94,7 +96,7 @@ def _twin(config: DemoConfig, world: Path) -> Path:
         out=config.out / "backbone",
         seed=config.seed,
         twin=config.twin,
-        vision=VisionStage(steps=config.vision_steps),
+        vision=config.vision,
         language=LanguageStage(group_weights=weights),
         targets={groups[config.family]: 0.95, "text_fact": 0.95},
         max_minutes=config.pretrain_minutes,

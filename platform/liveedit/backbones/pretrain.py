@@ -3,11 +3,13 @@
 Real VLLMs are not trained end to end from scratch, and neither are the twins (STACK-NOTES: the
 vision side learns slowly through the LM). Two stages, as in BLIP-2 / LLaVA:
 
-1. **Vision tower.** The ViT learns the world's visual vocabulary directly: on freshly sampled,
-   jittered scenes, a linear probe on each patch token (one patch per grid cell — the twins use
-   16-px patches on the world's 16-px cells) predicts that cell's shape, colour and size. The probe
-   reads the features the bridge consumes (LLaVA: the penultimate ViT layer). The probe is thrown
-   away afterwards.
+1. **Vision tower, then bridge.** The ViT learns the world's visual vocabulary directly: on
+   freshly sampled, jittered scenes, a linear probe on each patch token (one patch per grid cell —
+   the twins use 16-px patches on the world's 16-px cells) predicts that cell's shape, colour and
+   size, and which cell the token is. The probes read the features the bridge consumes (LLaVA: the
+   penultimate ViT layer). Then, the tower frozen, the same probes on the LM-space vision tokens
+   train the bridge: the Q-Former and its queries against a frozen image encoder (BLIP-2's first
+   stage), LLaVA's projector (LLaVA's first stage). The probes are thrown away afterwards.
 2. **Whole model.** The bridge (Q-Former / projector) and the LM learn the pretraining corpus
    (VQA answers, captions, knowledge facts, text facts) by teacher forcing on the target tokens,
    the vision tower continuing at a smaller learning rate.
@@ -30,10 +32,10 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from liveedit.config import config_hash, flatten, save_config
 from liveedit.tracking import Tracker, TrackingConfig
@@ -95,19 +97,20 @@ class GroupSampler:
 
 @dataclass
 class VisionStage:
-    """Stage 1: per-cell attribute probes on the vision tower."""
+    """Stage 1: per-cell probes, first on the vision tower, then through the bridge."""
 
     steps: int = field(default=600, metadata={"min": 0})
+    """Steps of the tower phase: probes on the ViT patch tokens the bridge consumes predict their
+    cell's shape, colour and size, and which cell the token is (train the tower only)."""
+    bridge_steps: int = field(default=400, metadata={"min": 0})
+    """Steps of the bridge phase (after the tower phase): the same attribute probes on the
+    LM-space vision tokens train the bridge with the tower frozen — the Q-Former, its query tokens
+    and the projection (BLIP-2's first stage: the Q-Former learns against a frozen image
+    encoder), or LLaVA's projector (LLaVA's first stage). Needs one vision token per cell, as
+    every twin has."""
     batch_size: int = field(default=64, metadata={"min": 1})
     lr: float = field(default=2e-3, metadata={"min": 0.0})
-    probe: Literal["tower", "bridge"] = "tower"
-    """Where the per-cell probes read: the ViT patch tokens the bridge consumes (``tower``), or
-    the LM-space vision tokens after the bridge (``bridge``; needs one token per cell, as every
-    twin has), which trains the bridge too (BLIP-2 family: the Q-Former, its query tokens and the
-    projection). Measured on the BLIP2-OPT twin, 400 steps: ``tower`` probes reach shape 83 /
-    colour 100 / size 99%; ``bridge`` probes stay at the empty-cell rate (72%) — the Q-Former's
-    queries do not learn to pick one cell each in that time, so BLIP-2's own answer (training
-    the Q-Former first, against the image encoder) is not reproduced here yet."""
+    bridge_lr: float = field(default=1e-3, metadata={"min": 0.0})
 
 
 @dataclass
@@ -191,73 +194,99 @@ def _patch_features(backbone: Backbone, pixel_values: torch.Tensor) -> torch.Ten
     return states[:, 1:]  # drop CLS; patches row-major = grid cells
 
 
-def vision_stage(backbone: Backbone, stage: VisionStage, seed: int) -> list[dict[str, float]]:
-    """Train the vision tower with per-cell shape / colour / size probes on sampled scenes."""
-    from liveedit.progress import progress_bar
+def _probe_heads(width: int, cells: int, where: bool) -> nn.ModuleDict:
+    from liveedit.world.vocabulary import COLOURS, SHAPES, SIZES
+
+    heads = {  # class 0 = empty cell
+        "shape": nn.Linear(width, len(SHAPES) + 1),
+        "colour": nn.Linear(width, len(COLOURS) + 1),
+        "size": nn.Linear(width, len(SIZES) + 1),
+    }
+    if where:
+        heads["cell"] = nn.Linear(width, cells)
+    return nn.ModuleDict(heads)
+
+
+def _probe_batch(rng: random.Random, n: int, cells: int) -> tuple[list[Any], dict[str, Tensor]]:
+    """``n`` rendered scenes of 1-4 objects (70% jittered) and per-cell attribute labels."""
     from liveedit.world.render import render, sample_jitter
     from liveedit.world.scene import sample_scene
-    from liveedit.world.vocabulary import COLOURS, GRID, SHAPES, SIZES
+    from liveedit.world.vocabulary import COLOURS, SHAPES, SIZES
 
-    if stage.steps == 0:
-        return []
+    images, labels = [], {"shape": [], "colour": [], "size": [], "cell": []}
+    for _ in range(n):
+        scene = sample_scene(rng, rng.randint(1, 4))
+        images.append(render(scene, sample_jitter(rng, scene) if rng.random() < 0.7 else None))
+        by_cell = {o.cell: o for o in scene.objects}
+        for key, names in (("shape", SHAPES), ("colour", COLOURS), ("size", SIZES)):
+            labels[key].append(
+                [
+                    names.index(getattr(by_cell[c], key)) + 1 if c in by_cell else 0
+                    for c in range(cells)
+                ]
+            )
+        labels["cell"].append(list(range(cells)))
+    return images, {k: torch.tensor(v) for k, v in labels.items()}
+
+
+def _probe_phase(
+    backbone: Backbone,
+    phase: Literal["tower", "bridge"],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    first_step: int,
+) -> list[dict[str, float]]:
+    """Train what ``phase`` names against per-cell linear probes (thrown away afterwards).
+
+    ``tower``: the probes read the patch tokens the bridge consumes and also name each token's
+    cell — a Q-Former reads the tokens as a set, so where a token sits must be in the token.
+    ``bridge``: the probes read the LM-space vision tokens, token i for cell i; the bridge (and
+    the BLIP-2 query tokens) train, the tower stays frozen."""
+    from liveedit.progress import progress_bar
+    from liveedit.world.vocabulary import GRID
+
     cells = GRID * GRID
-    probe = stage.probe
-    if probe == "bridge":
+    if phase == "bridge":
         if backbone.num_vision_tokens != cells:
             raise ValueError(
-                f"vision.probe: 'bridge' needs one vision token per cell ({cells}); "
-                f"{backbone.arch} has {backbone.num_vision_tokens}"
+                f"vision.bridge_steps: the bridge probes need one vision token per cell "
+                f"({cells}); {backbone.arch} has {backbone.num_vision_tokens} (set it to 0)"
             )
         width = backbone.hidden_size
-        trained = [backbone.vision_tower, backbone.bridge]
+        trained = [backbone.bridge]
         projection = getattr(backbone, "projection", None)  # BLIP-2 family: Q-Former -> LM
         if projection is not None:
             trained.append(projection)
     else:
         width = backbone.vision_tower.config.hidden_size
         trained = [backbone.vision_tower]
-    heads = nn.ModuleDict(
-        {
-            "shape": nn.Linear(width, len(SHAPES) + 1),
-            "colour": nn.Linear(width, len(COLOURS) + 1),
-            "size": nn.Linear(width, len(SIZES) + 1),
-        }
-    ).to(backbone.device)
+    heads = _probe_heads(width, cells, where=phase == "tower").to(backbone.device)
     params = [*heads.parameters()]
     for module in trained:
         backbone.unfreeze(module)
         module.train()
         params.extend(module.parameters())
     queries = getattr(backbone.model, "query_tokens", None)  # BLIP-2's learned Q-Former queries
-    if probe == "bridge" and isinstance(queries, nn.Parameter):
+    if phase == "bridge" and isinstance(queries, nn.Parameter):
         queries.requires_grad_(True)
         params.append(queries)
-    optimizer = torch.optim.AdamW(params, lr=stage.lr)
-    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    rng = random.Random(f"{seed}|{phase}")
     curve = []
-    bar = progress_bar("vision stage", total=stage.steps)
-    for step in range(stage.steps):
-        images, labels = [], {k: [] for k in heads}
-        for _ in range(stage.batch_size):
-            scene = sample_scene(rng, rng.randint(1, 4))
-            images.append(render(scene, sample_jitter(rng, scene) if rng.random() < 0.7 else None))
-            by_cell = {o.cell: o for o in scene.objects}
-            for key, names in (("shape", SHAPES), ("colour", COLOURS), ("size", SIZES)):
-                labels[key].append(
-                    [
-                        names.index(getattr(by_cell[c], key)) + 1 if c in by_cell else 0
-                        for c in range(cells)
-                    ]
-                )
+    bar = progress_bar(f"vision stage ({phase})", total=steps)
+    for step in range(steps):
+        images, labels = _probe_batch(rng, batch_size, cells)
         pixels = backbone.pixel_values(images).to(backbone.device)
-        if probe == "bridge":
+        if phase == "bridge":
             feats = backbone.image_features(pixels)
         else:
             feats = _patch_features(backbone, pixels)
         loss = torch.zeros((), device=feats.device)
         accs = {}
         for key, head in heads.items():
-            target = torch.tensor(labels[key], device=feats.device)
+            target = labels[key].to(feats.device)
             logits = head(feats)
             loss = loss + nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
             accs[key] = float((logits.argmax(-1) == target).float().mean())
@@ -265,12 +294,26 @@ def vision_stage(backbone: Backbone, stage: VisionStage, seed: int) -> list[dict
         loss.backward()
         optimizer.step()
         curve.append(
-            {"step": step, "vision_loss": loss.item(), **{f"probe_{k}": v for k, v in accs.items()}}
+            {
+                "step": first_step + step,
+                f"{phase}_probe_loss": loss.item(),
+                **{f"{phase}_probe_{k}": v for k, v in accs.items()},
+            }
         )
         bar.update(1)
         bar.set_postfix({k: f"{v:.2f}" for k, v in accs.items()}, refresh=False)
     bar.close()
     backbone.freeze()
+    return curve
+
+
+def vision_stage(backbone: Backbone, stage: VisionStage, seed: int) -> list[dict[str, float]]:
+    """Stage 1: the tower phase, then the bridge phase (:class:`VisionStage`); the curve rows
+    are numbered across both."""
+    curve = _probe_phase(backbone, "tower", stage.steps, stage.batch_size, stage.lr, seed, 0)
+    curve += _probe_phase(
+        backbone, "bridge", stage.bridge_steps, stage.batch_size, stage.bridge_lr, seed, len(curve)
+    )
     return curve
 
 
@@ -432,7 +475,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     for row in vision_stage(backbone, config.vision, config.seed):
         tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, row["step"])
         curve.append(row)
-    vision_steps = config.vision.steps
+    vision_steps = config.vision.steps + config.vision.bridge_steps
 
     # stage 2
     stage = config.language

@@ -25,6 +25,8 @@ from .processors import build_processor
 from .tokenizer import build_tokenizer
 
 TWIN_ARCHS = ("blip2-opt", "llava-1.5", "minigpt4")
+QFORMER_INIT_STD = 0.02
+"""Initial weight std of the BLIP-2 family's ViT, Q-Former and query tokens (BLIP-2's value)."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,12 @@ def twin_config(arch: str, spec: TwinSpec, vocab_size: int, image_token_id: int)
             vision_feature_select_strategy="default",
             projector_hidden_act="gelu",
         )
-    vision_config = Blip2VisionConfig(num_hidden_layers=spec.vision_layers or 2, **vision)
+    # HF's BLIP-2 vision config defaults to initializer_range 1e-10 (its weights always come from
+    # a checkpoint): a twin built with it starts with a ViT of all-but-zero weights. The twins use
+    # the CLIP / Q-Former value, 0.02.
+    vision_config = Blip2VisionConfig(
+        num_hidden_layers=spec.vision_layers or 2, initializer_range=QFORMER_INIT_STD, **vision
+    )
     qformer = Blip2QFormerConfig(
         hidden_size=spec.qformer_hidden_size,
         num_hidden_layers=spec.qformer_layers,
@@ -158,6 +165,7 @@ def twin_config(arch: str, spec: TwinSpec, vocab_size: int, image_token_id: int)
         hidden_dropout_prob=spec.dropout,
         attention_probs_dropout_prob=spec.dropout,
         vocab_size=vocab_size,
+        initializer_range=QFORMER_INIT_STD,
     )
     return Blip2Config(
         vision_config=vision_config.to_dict(),
@@ -189,6 +197,14 @@ def build_twin(arch: str, vocabulary: Iterable[str], seed: int = 0, **overrides:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_cls(config)
+        queries = getattr(model, "query_tokens", None)
+        if queries is not None:
+            # HF zero-initialises BLIP-2's query tokens (expecting a checkpoint); nine identical
+            # queries give nine identical outputs, and identical gradients keep them identical, so
+            # the LM would see one pooled image token nine times. BLIP-2 draws them from
+            # N(0, 0.02) (LAVIS ``Blip2Base.init_Qformer``).
+            with torch.no_grad():
+                queries.normal_(0.0, QFORMER_INIT_STD)
     processor = build_processor(
         arch,
         tokenizer,
