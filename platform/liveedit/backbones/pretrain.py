@@ -99,15 +99,19 @@ class GroupSampler:
 class VisionStage:
     """Stage 1: per-cell probes, first on the vision tower, then through the bridge."""
 
-    steps: int = field(default=600, metadata={"min": 0})
+    steps: int = field(default=2500, metadata={"min": 0})
     """Steps of the tower phase: probes on the ViT patch tokens the bridge consumes predict their
-    cell's shape, colour and size, and which cell the token is (train the tower only)."""
-    bridge_steps: int = field(default=400, metadata={"min": 0})
+    cell's shape, colour and size, and which cell the token is (train the tower only). Shape is
+    the slow one: on the BLIP2-OPT twin's occupied cells 43% after 600 steps, 94% after 2,500
+    (~70 s on 2 cores; LLaVA twin 98%); colour and size are at ~100% within 400."""
+    bridge_steps: int = field(default=600, metadata={"min": 0})
     """Steps of the bridge phase (after the tower phase): the same attribute probes on the
     LM-space vision tokens train the bridge with the tower frozen — the Q-Former, its query tokens
     and the projection (BLIP-2's first stage: the Q-Former learns against a frozen image
     encoder), or LLaVA's projector (LLaVA's first stage). Needs one vision token per cell, as
-    every twin has."""
+    every twin has. BLIP2-OPT twin: shape / colour / size 95 / 100 / 100% on occupied cells
+    after 600 steps; without the tower's cell probe its Q-Former never left the empty-cell
+    answer (the tokens did not say where they were)."""
     batch_size: int = field(default=64, metadata={"min": 1})
     lr: float = field(default=2e-3, metadata={"min": 0.0})
     bridge_lr: float = field(default=1e-3, metadata={"min": 0.0})
@@ -289,7 +293,10 @@ def _probe_phase(
             target = labels[key].to(feats.device)
             logits = head(feats)
             loss = loss + nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
-            accs[key] = float((logits.argmax(-1) == target).float().mean())
+            right = logits.argmax(-1) == target
+            # attributes: accuracy on the cells that hold an object (most cells are empty)
+            scored = right if key == "cell" else right[labels["shape"] > 0]
+            accs[key] = float(scored.float().mean())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
