@@ -30,6 +30,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -133,9 +134,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 def pretraining(args: argparse.Namespace) -> dict:
     """Pretrain each architecture with the default recipe; held-out accuracy and time to target."""
-    from pathlib import Path
-
-    from liveedit.backbones.base import inspect_backbone_dir
     from liveedit.backbones.pretrain import PretrainConfig, pretrain
     from liveedit.tracking import TrackingConfig
 
@@ -152,30 +150,47 @@ def pretraining(args: argparse.Namespace) -> dict:
             tracking=TrackingConfig(enabled=False),
         )
         result = pretrain(config)
-        groups = {k: v for k, v in result.accuracy.items() if "/" not in k}
-        row = {
-            "arch": arch,
-            "steps": result.steps,
-            "seconds": round(result.seconds, 1),
-            "reached_all_targets": result.reached,
-            "heldout_accuracy": {k: round(v, 4) for k, v in groups.items()},
-            # what pretrain() recorded in the saved twin (its targets, its evaluations)
-            "time_to_target": inspect_backbone_dir(result.out).info["metadata"]["pretraining"][
-                "reached_at"
-            ],
-            "curve": [
-                {k: v for k, v in r.items() if not k.startswith("heldout/task/")}
-                for r in result.curve
-                if "seconds" in r
-            ],
-        }
+        row = pretraining_row(arch, result.out)
         rows.append(row)
         print(
             f"{arch:<10} {result.steps} steps, {result.seconds / 60:.1f} min, "
-            + ", ".join(f"{k} {100 * v:.1f}" for k, v in sorted(groups.items()))
+            + ", ".join(f"{k} {100 * v:.1f}" for k, v in sorted(row["heldout_accuracy"].items()))
             + f", targets reached: {result.reached}"
         )
     return {"max_minutes": args.pretrain_minutes, "world": args.pretrain_world, "runs": rows}
+
+
+def pretraining_row(arch: str, twin: Path) -> dict:
+    """The figures of one pretraining run, read from what pretrain() saved in ``twin``: held-out
+    accuracy per group and per task, time to target, the last probe accuracies of each vision
+    phase, and the held-out curve."""
+    from liveedit.backbones.base import inspect_backbone_dir
+
+    info = inspect_backbone_dir(twin).info["metadata"]["pretraining"]
+    curve = json.loads((twin / "pretrain_curve.json").read_text())
+    probes = {}
+    for phase in ("tower", "bridge"):
+        rows = [r for r in curve if f"{phase}_probe_loss" in r]
+        if rows:
+            probes[phase] = {"steps": len(rows), **{k: round(v, 4) for k, v in rows[-1].items()}}
+    accuracy = info["accuracy"]
+    return {
+        "arch": arch,
+        "steps": info["steps"],
+        "seconds": round(info["seconds"], 1),
+        "reached_all_targets": info["reached_targets"],
+        "heldout_accuracy": {k: round(v, 4) for k, v in accuracy.items() if "/" not in k},
+        "heldout_task_accuracy": {
+            k.removeprefix("task/"): round(v, 4) for k, v in accuracy.items() if "/" in k
+        },
+        "time_to_target": info["reached_at"],  # pretrain()'s targets and evaluations
+        "vision_probes": probes,  # accuracy on occupied cells (cell: on every token)
+        "curve": [
+            {k: v for k, v in r.items() if not k.startswith("heldout/task/")}
+            for r in curve
+            if "seconds" in r
+        ],
+    }
 
 
 def throughput(args: argparse.Namespace) -> dict:

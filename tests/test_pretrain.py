@@ -204,6 +204,17 @@ def test_time_to_targets_is_the_first_evaluation_at_or_above_each_target() -> No
     }
 
 
+def test_anneal_factor_decays_over_the_end_of_the_budget() -> None:
+    from liveedit.backbones.pretrain import anneal_factor
+
+    assert anneal_factor(0.9, 0.0) == 1.0  # off
+    assert anneal_factor(0.5, 0.4) == 1.0 and anneal_factor(0.6, 0.4) == 1.0
+    assert anneal_factor(0.8, 0.4) == pytest.approx(1 - 0.9 * 0.5)  # half-way down: 0.55
+    assert anneal_factor(1.0, 0.4) == pytest.approx(0.1)
+    assert anneal_factor(1.3, 0.4) == pytest.approx(0.1)  # past the budget: the floor
+    assert anneal_factor(0.5, 1.0, floor=0.0) == pytest.approx(0.5)
+
+
 def test_vision_stage_trains_the_tower_then_the_bridge() -> None:
     """The tower phase moves the vision tower only; the bridge phase then moves the bridge (BLIP-2:
     the Q-Former, its query tokens and the projection; LLaVA: the projector) with the tower
