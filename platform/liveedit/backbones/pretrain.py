@@ -494,7 +494,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     for row in vision_stage(backbone, config.vision, config.seed):
         tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, row["step"])
         curve.append(row)
-    vision_steps = config.vision.steps + config.vision.bridge_steps
+    vision_steps = len(curve)  # one row per vision-stage step, both phases
 
     # stage 2
     stage = config.language
