@@ -76,7 +76,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 def test_layout_and_manifest(built: tuple[Path, GeneratedWorld]) -> None:
     out, _ = built
     manifest = json.loads((out / MANIFEST).read_text())
-    assert manifest["version"] == 2 and manifest["seed"] == 0 and manifest["size"] == "tiny"
+    assert manifest["version"] == 3 and manifest["seed"] == 0 and manifest["size"] == "tiny"
     assert manifest["families"] == list(FAMILIES) and manifest["image_size"] == IMAGE_SIZE
     for family in FAMILIES:
         train, test = WORLD_SIZES["tiny"].records[family]
@@ -444,10 +444,10 @@ def test_load_world_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(WorldError, match="not a liveedit world"):
         load_world(tmp_path / "plain")
     (tmp_path / "old").mkdir()
-    (tmp_path / "old" / MANIFEST).write_text(json.dumps({"version": 1}))
-    with pytest.raises(WorldError, match="world version 1, this liveedit reads version 2; rebuild"):
+    (tmp_path / "old" / MANIFEST).write_text(json.dumps({"version": 2}))
+    with pytest.raises(WorldError, match="world version 2, this liveedit reads version 3; rebuild"):
         load_world(tmp_path / "old")
-    (tmp_path / "old" / MANIFEST).write_text(json.dumps({"version": 2, "families": ["vqa"]}))
+    (tmp_path / "old" / MANIFEST).write_text(json.dumps({"version": 3, "families": ["vqa"]}))
     with pytest.raises(WorldError, match="damaged world manifest"):
         load_world(tmp_path / "old")
 

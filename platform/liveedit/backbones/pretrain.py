@@ -138,10 +138,11 @@ class LanguageStage:
     tokens of a sequence leaves the in-context matching a question needs with little signal.
     Measured on the LLaVA twin (~3,000 steps): weight 1 gave held-out vqa 56% vs 62% without
     (69% vs 63% with init std 0.08) — no help on this corpus, hence off by default."""
-    anneal: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+    anneal: float = field(default=0.3, metadata={"min": 0.0, "max": 1.0})
     """The last fraction of the time budget (``max_minutes``) over which the learning rate decays
     linearly to a tenth of its value (:func:`anneal_factor`); 0 = constant after warm-up. The run
-    is budgeted in minutes, not steps, so the schedule follows the clock."""
+    is budgeted in minutes, not steps, so the schedule follows the clock. LLaVA twin, 30 min,
+    world v2: vqa / knowledge 94.2 / 99.3% with 0.3, 93.9 / 92.5% without."""
     reached_weight_scale: float = field(default=0.25, metadata={"min": 0.0, "max": 1.0})
     """After each held-out evaluation, the sampling weight of every group that has reached its
     target is this fraction of its configured weight (1 = fixed shares); the batch then goes to
