@@ -15,10 +15,13 @@ With ``--pretrain-world DIR``, each architecture is also pretrained on that worl
 default recipe (``liveedit backbone pretrain``'s defaults: every task group, every target) for at
 most ``--pretrain-minutes``, and the time at which each group first reached its held-out target
 is recorded (evaluations every 1,000 steps, so a time is an upper bound by up to one interval).
+``--pretrain-set key=value ...`` changes the recipe (``PretrainConfig`` fields, as on the
+command line of ``liveedit backbone pretrain``); ``--twins DIR ...`` reports twins already
+pretrained (by ``liveedit backbone pretrain``) instead of training new ones.
 
 Usage: ``python benchmarks/backbones.py [--out FILE] [--min-time 1.0] [--batches 1 8 32]
 [--threads N] [--device cuda] [--dtype float32 bfloat16] [--pretrain-world DIR
-[--pretrain-minutes 30] [--pretrain-only]]``
+[--pretrain-minutes 30] [--pretrain-set key=value ...] [--pretrain-only]] [--twins DIR ...]``
 """
 
 from __future__ import annotations
@@ -117,14 +120,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pretrain-minutes", type=float, default=30.0)
     parser.add_argument("--pretrain-out", default="runs/bench_twins", help="where twins go")
     parser.add_argument("--pretrain-only", action="store_true", help="skip the throughput part")
+    parser.add_argument(
+        "--pretrain-set", nargs="+", default=[], help="recipe overrides, key.sub=value"
+    )
+    parser.add_argument(
+        "--twins", nargs="+", type=Path, default=[], help="report these pretrained twins"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     report: dict = {}
-    if not args.pretrain_only:
+    if not args.pretrain_only and not args.twins:
         report = throughput(args)
     if args.pretrain_world:
         report["pretraining"] = pretraining(args)
+    if args.twins:
+        report["pretraining"] = {"runs": [pretraining_row(None, twin) for twin in args.twins]}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=2)
@@ -135,19 +146,23 @@ def main(argv: list[str] | None = None) -> dict:
 def pretraining(args: argparse.Namespace) -> dict:
     """Pretrain each architecture with the default recipe; held-out accuracy and time to target."""
     from liveedit.backbones.pretrain import PretrainConfig, pretrain
-    from liveedit.tracking import TrackingConfig
+    from liveedit.config import load_config
 
     rows = []
     for arch in args.archs:
-        config = PretrainConfig(
-            world=Path(args.pretrain_world),
-            arch=arch,
-            out=Path(args.pretrain_out) / arch,
-            max_minutes=args.pretrain_minutes,
-            eval_every=1000,
-            threads=args.threads or 0,
-            device=args.device,
-            tracking=TrackingConfig(enabled=False),
+        config = load_config(
+            PretrainConfig,
+            overrides=[
+                f"world={args.pretrain_world}",
+                f"arch={arch}",
+                f"out={Path(args.pretrain_out) / arch}",
+                f"max_minutes={args.pretrain_minutes}",
+                "eval_every=1000",
+                f"threads={args.threads or 0}",
+                f"device={args.device}",
+                "tracking.enabled=false",
+                *args.pretrain_set,
+            ],
         )
         result = pretrain(config)
         row = pretraining_row(arch, result.out)
@@ -157,16 +172,25 @@ def pretraining(args: argparse.Namespace) -> dict:
             + ", ".join(f"{k} {100 * v:.1f}" for k, v in sorted(row["heldout_accuracy"].items()))
             + f", targets reached: {result.reached}"
         )
-    return {"max_minutes": args.pretrain_minutes, "world": args.pretrain_world, "runs": rows}
+    return {
+        "max_minutes": args.pretrain_minutes,
+        "world": args.pretrain_world,
+        "overrides": args.pretrain_set,
+        "runs": rows,
+    }
 
 
-def pretraining_row(arch: str, twin: Path) -> dict:
+def pretraining_row(arch: str | None, twin: Path) -> dict:
     """The figures of one pretraining run, read from what pretrain() saved in ``twin``: held-out
     accuracy per group and per task, time to target, the last probe accuracies of each vision
-    phase, and the held-out curve."""
+    phase, the held-out curve, and the recipe (``pretrain_config.yaml``)."""
+    import yaml
+
     from liveedit.backbones.base import inspect_backbone_dir
 
-    info = inspect_backbone_dir(twin).info["metadata"]["pretraining"]
+    found = inspect_backbone_dir(twin)
+    info = found.info["metadata"]["pretraining"]
+    recipe = yaml.safe_load((twin / "pretrain_config.yaml").read_text())
     curve = json.loads((twin / "pretrain_curve.json").read_text())
     probes = {}
     for phase in ("tower", "bridge"):
@@ -175,7 +199,11 @@ def pretraining_row(arch: str, twin: Path) -> dict:
             probes[phase] = {"steps": len(rows), **{k: round(v, 4) for k, v in rows[-1].items()}}
     accuracy = info["accuracy"]
     return {
-        "arch": arch,
+        "arch": arch or found.arch,
+        "twin": str(twin),
+        "recipe": {
+            k: recipe[k] for k in ("world", "max_minutes", "eval_every", "vision", "language")
+        },
         "steps": info["steps"],
         "seconds": round(info["seconds"], 1),
         "reached_all_targets": info["reached_targets"],
