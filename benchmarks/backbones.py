@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def pretraining(args: argparse.Namespace) -> dict:
-    """Pretrain each architecture with the default recipe; held-out accuracy and time to target."""
+    """Pretrain each architecture with the default recipe (changed by ``--pretrain-set``); held-out
+    accuracy and time to target."""
     from liveedit.backbones.pretrain import PretrainConfig, pretrain
     from liveedit.config import load_config
 
