@@ -134,8 +134,9 @@ def main(argv: list[str] | None = None) -> dict:
         report = throughput(args)
     if args.pretrain_world:
         report["pretraining"] = pretraining(args)
-    if args.twins:
-        report["pretraining"] = {"runs": [pretraining_row(None, twin) for twin in args.twins]}
+    if args.twins:  # after any runs trained here, in the same list
+        runs = report.setdefault("pretraining", {"runs": []})["runs"]
+        runs += [pretraining_row(None, twin) for twin in args.twins]
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=2)
