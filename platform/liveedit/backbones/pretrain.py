@@ -516,15 +516,15 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     )
     accuracy: dict[str, float] = {}
     reached, step = False, 0
+    budget = 60 * config.max_minutes  # seconds, both stages
     bar = progress_bar("pretrain", total=stage.steps)
     try:
         for step in range(stage.steps):
-            warm = min(1.0, (step + 1) / max(1, stage.warmup))
-            budget = 60 * config.max_minutes
             progress = (time.monotonic() - start) / budget if budget > 0 else 1.0
-            warm *= anneal_factor(progress, stage.anneal)
+            lr_scale = min(1.0, (step + 1) / max(1, stage.warmup))  # warm-up
+            lr_scale *= anneal_factor(progress, stage.anneal)
             for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = lr * warm
+                group["lr"] = lr * lr_scale
             chunk = [train[i] for i in sampler.draw(stage.batch_size)]
             batch = backbone.build_inputs(
                 [images.get(e.image) for e in chunk],
@@ -548,7 +548,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
             tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, row["step"])
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
-            out_of_time = time.monotonic() - start > 60 * config.max_minutes
+            out_of_time = time.monotonic() - start > budget
             if (step + 1) % config.eval_every == 0 or out_of_time or step + 1 == stage.steps:
                 accuracy = evaluate_corpus(backbone, heldout, images)
                 tracker.log_metrics({f"heldout/{k}": v for k, v in accuracy.items()}, row["step"])
